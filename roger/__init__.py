@@ -1,0 +1,1 @@
+"""roger: multi-tenant job processing on RabbitMQ."""

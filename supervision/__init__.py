@@ -1,0 +1,1 @@
+"""OTP-style supervision of operating-system processes."""
