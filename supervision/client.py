@@ -1,0 +1,137 @@
+"""Runtime control of a supervisor from outside its loop.
+
+`SupervisorAPI` is the one set of operations, whoever calls them: the
+`Supervisor` itself (directly on its loop thread, over its control pipe from
+other threads), a `SupervisorHandle` held by the process that started it,
+and a `ChildSupervisor` reference to a supervisor nested below another.
+Every call is bounded by `timeout` seconds and raises `CallTimeout`,
+`SupervisorGone` or the supervisor's own error (`UnknownChild`, ...).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from . import process
+from .errors import SupervisorGone
+from .events import ChildInfo, describe_exit
+from .link import Link
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class SupervisorAPI:
+    """OTP's supervisor calls; subclasses provide `_request`."""
+
+    def _request(self, payload: tuple, timeout: float | None) -> Any:
+        raise NotImplementedError
+
+    def start_child(self, spec: Any, *args: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+        """Start a new child; returns its id.
+
+        For a `DynamicSupervisor`, pass the extra start arguments instead of
+        a spec: ``pool.start_child(42)``.
+        """
+        return self._request(("start_child", spec, *args), timeout)
+
+    def terminate_child(self, child_id: Any, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Stop a child per its `shutdown`; its spec stays (unless temporary)."""
+        return self._request(("terminate_child", child_id), timeout)
+
+    def restart_child(self, child_id: Any, timeout: float | None = DEFAULT_TIMEOUT) -> int:
+        """Start a stopped child again from its spec; returns its new pid."""
+        return self._request(("restart_child", child_id), timeout)
+
+    def delete_child(self, child_id: Any, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Forget a stopped child's spec."""
+        return self._request(("delete_child", child_id), timeout)
+
+    def which_children(self, timeout: float | None = DEFAULT_TIMEOUT) -> list[ChildInfo]:
+        """One `ChildInfo` per child, in start order."""
+        return self._request(("which_children",), timeout)
+
+    def count_children(self, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, int]:
+        """OTP's counts: ``specs``, ``active``, ``supervisors``, ``workers``."""
+        return self._request(("count_children",), timeout)
+
+    def call(self, payload: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+        """Send the supervisor's `handler` a request and return its reply."""
+        return self._request(payload, timeout)
+
+    def call_child(self, child_id: Any, payload: Any, timeout: float | None = DEFAULT_TIMEOUT
+                   ) -> Any:
+        """Call one of the supervisor's children over its link."""
+        return self._request(("call_child", child_id, payload, timeout), timeout)
+
+    def child(self, child_id: Any) -> ChildSupervisor:
+        """A reference to a supervisor nested below this one."""
+        return ChildSupervisor(self, child_id)
+
+
+class ChildSupervisor(SupervisorAPI):
+    """A supervisor nested as child `child_id` of `parent`; calls go through the parent."""
+
+    def __init__(self, parent: SupervisorAPI, child_id: Any) -> None:
+        self.parent = parent
+        self.child_id = child_id
+
+    def _request(self, payload: tuple, timeout: float | None) -> Any:
+        return self.parent.call_child(self.child_id, payload, timeout)
+
+    def __repr__(self) -> str:
+        return f"<ChildSupervisor {self.child_id!r} of {self.parent!r}>"
+
+
+class SupervisorHandle(SupervisorAPI):
+    """A supervisor running in its own process, as returned by `Supervisor.start()`."""
+
+    def __init__(self, proc: Any, link: Link, name: str) -> None:
+        self._proc = proc
+        self._link = link
+        self.name = name
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode
+
+    def is_alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def _request(self, payload: tuple, timeout: float | None) -> Any:
+        if not self._proc.is_alive():
+            raise SupervisorGone(f"{self.name} (pid {self.pid}) is not running")
+        with self._lock:
+            return self._link.call(payload, timeout)
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, then wait for its orderly shutdown; SIGKILL after `timeout` s.
+
+        Returns the exit code (0 after an orderly shutdown).
+        """
+        shutdown = "infinity" if timeout is None else timeout
+        code = process.terminate(self._proc, shutdown, self.name)
+        self._link.close()
+        return code
+
+    def join(self, timeout: float | None = None) -> int | None:
+        """Wait up to `timeout` s for the supervisor to exit; returns its exit code or None."""
+        self._proc.join(timeout)
+        return self._proc.exitcode
+
+    def __enter__(self) -> SupervisorHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc.exitcode is None:
+            self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._proc.exitcode is None else describe_exit(self._proc.exitcode)
+        return f"<SupervisorHandle {self.name!r} pid {self.pid}: {state}>"
+
