@@ -25,6 +25,8 @@ within each child's `start_timeout` and `shutdown`, and then goes on.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import signal
@@ -126,6 +128,8 @@ class Supervisor(SupervisorAPI):
         self._parent_sentinel: Any = None
         self._stopping = False
         self._done = False
+        self._timers: list[tuple[float, int, Callable[[], Any]]] = []
+        self._timer_seq = itertools.count()
         self.exit_code = 0
 
     def __repr__(self) -> str:
@@ -157,7 +161,7 @@ class Supervisor(SupervisorAPI):
                 self._parent_sentinel = pp.sentinel if pp is not None else None
                 parent.ready()
             while not self._done:
-                self.handle(wait(self.wait_objects()))
+                self.handle(wait(self.wait_objects(), self.next_timeout()))
         finally:
             self.close()
             restore()
@@ -208,8 +212,31 @@ class Supervisor(SupervisorAPI):
             objs.append(self._parent_sentinel)
         return objs
 
+    def next_timeout(self) -> float | None:
+        """Seconds until the next `call_later` timer is due (None: no timer)."""
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> None:
+        """Run `fn()` in the loop after `delay` seconds (loop thread only).
+
+        The loop sleeps until then rather than polling; a supervisor that
+        retries something with backoff uses this.
+        """
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now and not self._done:
+            _, _, fn = heapq.heappop(self._timers)
+            try:
+                fn()
+            except Exception:
+                log.exception("%s: timer callback failed", self.name)
+
     def handle(self, ready: Iterable[Any]) -> None:
-        """Process what `wait_objects()` reported ready."""
+        """Process what `wait_objects()` reported ready, and due timers."""
         ready = list(ready)
         # Messages before exits: a child's last event must be seen before its death.
         for obj in ready:
@@ -230,6 +257,8 @@ class Supervisor(SupervisorAPI):
                 for c in list(self._children.values()):
                     if c.proc is not None and obj is c.proc.sentinel:
                         self._on_exit(c)
+        if self._timers:
+            self._run_timers()
 
     def close(self) -> None:
         """Stop every child in reverse start order; the loop ends."""
