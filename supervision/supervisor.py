@@ -88,7 +88,9 @@ class Supervisor(SupervisorAPI):
 
     `on_event(event)` receives every `Event` (see `supervision.events`);
     `handler(supervisor, payload)` answers calls that are not supervisor
-    operations (roger uses it for its own requests); `on_shutdown(supervisor)`
+    operations (roger uses it for its own requests); `on_start(supervisor)`
+    runs in `run()` once the children started and before the supervisor
+    reports ready (to start more children dynamically); `on_shutdown(supervisor)`
     runs once when an orderly shutdown begins, before children are stopped.
     """
 
@@ -103,6 +105,7 @@ class Supervisor(SupervisorAPI):
         on_event: Callable[[Event], Any] | None = None,
         handler: Callable[[Supervisor, Any], Any] | None = None,
         on_shutdown: Callable[[Supervisor], Any] | None = None,
+        on_start: Callable[[Supervisor], Any] | None = None,
     ) -> None:
         check_flags(strategy, intensity, period, auto_shutdown)
         self.name = name or "supervisor"
@@ -113,6 +116,7 @@ class Supervisor(SupervisorAPI):
         self.on_event = on_event
         self.handler = handler
         self.on_shutdown = on_shutdown
+        self.on_start = on_start
         self._children: dict[Any, _Child] = {}
         for spec in children:
             if spec.id in self._children:
@@ -154,6 +158,8 @@ class Supervisor(SupervisorAPI):
             except StartFailed as e:
                 log.error("%s: could not start: %s", self.name, e)
                 raise SystemExit(EXIT_GAVE_UP) from None
+            if self.on_start is not None:
+                self.on_start(self)
             if link_mod.is_supervised():
                 parent = link_mod.parent()
                 self._served.append(parent)
