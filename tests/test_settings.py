@@ -1,0 +1,152 @@
+"""Settings: sources and their precedence, validation, secrets."""
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from roger import config
+from roger.config import configure, get_settings
+from roger.settings import DEFAULT_RETRY_LEVELS, Settings, describe_validation_error
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No ROGER_* from the outside, and a working directory without roger.toml."""
+    for key in list(os.environ):
+        if key.startswith("ROGER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults():
+    s = Settings()
+    assert s.broker_url == "amqp://guest:guest@localhost:5672//"
+    assert s.partitions == {} and s.imports == []
+    assert s.retry_levels == DEFAULT_RETRY_LEVELS
+    assert (s.max_buried, s.shutdown_timeout, s.queue_type) == (10_000, 15, "quorum")
+    assert s.callbacks is None and s.persister == "filesystem"
+    assert s.system_exchange_prefix == "roger"
+    assert s.node_name.endswith(f"-{os.getpid()}")
+    assert s.state_dir == Path(os.environ["XDG_STATE_HOME"]) / "roger"
+    assert s.control_socket == s.state_dir / f"{s.node_name}.sock"
+
+
+def test_precedence_flags_over_env_over_file_over_defaults(monkeypatch, tmp_path):
+    write_toml(
+        tmp_path / "roger.toml",
+        'max_buried = 1\nshutdown_timeout = 1\nheartbeat = 1\n'
+        '[partitions.myapp]\ndefault = 10\nother = 5\n',
+    )
+    monkeypatch.setenv("ROGER_MAX_BURIED", "2")
+    monkeypatch.setenv("ROGER_SHUTDOWN_TIMEOUT", "2")
+
+    s = Settings(max_buried=3)
+
+    assert s.max_buried == 3  # flag beats env and file
+    assert s.shutdown_timeout == 2  # env beats file
+    assert s.heartbeat == 1  # file beats default
+    assert s.partitions == {"myapp": {"default": 10, "other": 5}}
+    assert s.connect_timeout == 5  # default
+
+
+def test_structured_env_values_are_json(monkeypatch):
+    monkeypatch.setenv("ROGER_PARTITIONS", '{"myapp": {"default": 10}}')
+    monkeypatch.setenv("ROGER_RETRY_LEVELS", "[1, 2, 4]")
+    monkeypatch.setenv("ROGER_IMPORTS", '["app.jobs"]')
+    s = Settings()
+    assert s.partitions == {"myapp": {"default": 10}}
+    assert s.retry_levels == [1, 2, 4]
+    assert s.imports == ["app.jobs"]
+
+
+def test_explicit_config_file_and_load_dropping_unset_flags(monkeypatch, tmp_path):
+    path = write_toml(tmp_path / "elsewhere.toml", 'queue_type = "classic"\nmax_buried = 7\n')
+    s = Settings.load(config=path, max_buried=None, min_workers=2)
+    assert (s.queue_type, s.max_buried, s.min_workers) == ("classic", 7, 2)
+
+    monkeypatch.setenv("ROGER_CONFIG", str(path))
+    assert Settings().queue_type == "classic"
+
+
+def test_an_explicit_config_file_must_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.toml"):
+        Settings.load(config=tmp_path / "missing.toml")
+
+
+def test_broken_toml_names_the_file(tmp_path):
+    write_toml(tmp_path / "roger.toml", "max_buried = = 1")
+    with pytest.raises(ValueError, match="roger.toml"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"retry_levels": [5, 3]}, "retry_levels"),
+        ({"retry_levels": [0, 3]}, "retry_levels"),
+        ({"max_buried": 0}, "max_buried"),
+        ({"partitions": {"myapp": {"default": -1}}}, "partitions"),
+        ({"partitions": {"my.app": {"default": 1}}}, "partitions"),
+        ({"partitions": {"myapp": {"a-b": 1}}}, "partitions"),
+        ({"queue_type": "stream"}, "queue_type"),
+        ({"callbacks": "no_colon"}, "callbacks"),
+        ({"max_jobs_per_worker": 0}, "max_jobs_per_worker"),
+        ({"imports": ["not a module"]}, "imports"),
+        ({"no_such_setting": 1}, "no_such_setting"),
+    ],
+)
+def test_invalid_values_name_the_field(changes, field):
+    with pytest.raises(ValidationError) as caught:
+        Settings(**changes)
+    assert field in str(caught.value)
+    assert f"{field}" in describe_validation_error(caught.value)
+
+
+def test_invalid_env_value_names_the_field(monkeypatch):
+    monkeypatch.setenv("ROGER_MAX_BURIED", "lots")
+    with pytest.raises(ValidationError, match="max_buried"):
+        Settings()
+
+
+def test_password_never_shown():
+    url = "amqp://alice:s3cret@rabbit.example:5672/vhost"
+    s = Settings(broker_url=url)
+    assert s.safe_broker_url == "amqp://alice:***@rabbit.example:5672/vhost"
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s)
+
+    with pytest.raises(ValidationError) as caught:
+        Settings(broker_url="http://alice:s3cret@rabbit.example", max_buried=-1)
+    assert "s3cret" not in str(caught.value)
+    assert "s3cret" not in describe_validation_error(caught.value)
+    assert "broker_url" in describe_validation_error(caught.value)
+
+
+def test_failover_urls_are_all_redacted():
+    s = Settings(broker_url="amqp://a:x1@h1//;amqp://b:x2@h2//")
+    assert "x1" not in s.safe_broker_url and "x2" not in s.safe_broker_url
+
+
+def test_settings_are_frozen():
+    s = Settings()
+    with pytest.raises(ValidationError):
+        s.max_buried = 5
+
+
+def test_configure_sets_the_process_default():
+    previous = config._settings
+    try:
+        chosen = configure(Settings(max_buried=42))
+        assert get_settings() is chosen
+        assert configure(chosen, max_buried=43).max_buried == 43
+        with pytest.raises(ValidationError):
+            configure(chosen, max_buried=-1)
+    finally:
+        config._settings = previous
