@@ -1,0 +1,554 @@
+"""Everything that talks AMQP on the producer side: names, topology, publishing.
+
+- Queue names and the declarations of a queue's family (main, retry levels,
+  buried, rejected): `declare_queues` is the one place queues are declared,
+  so producers and consumers always declare them with identical arguments.
+- `publish_confirmed`: publish a batch on a channel in publisher-confirm mode
+  and wait for every ack in one round trip. The settle helpers of
+  `roger.retry` and the producer both use it.
+- `Broker`: the per-process producer connection (lazy, fork-aware,
+  thread-safe, reconnecting once on a dropped connection).
+
+kombu, py-amqp and socket exceptions never leave this module: they are
+re-raised as `roger.BrokerError` (`translate_errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple, TypeVar
+
+import amqp
+import kombu
+import kombu.exceptions
+from amqp import exceptions as amqp_errors
+
+from roger.errors import BrokerError
+from roger.settings import Settings, check_partition_name, check_queue_name, redact_url
+
+__all__ = [
+    "Broker",
+    "Outgoing",
+    "QueueNotFound",
+    "Unroutable",
+    "buried_queue_name",
+    "declare_queues",
+    "get_broker",
+    "publish_confirmed",
+    "queue_arguments",
+    "queue_name",
+    "rejected_queue_name",
+    "retry_queue_name",
+    "translate_errors",
+]
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json"
+PERSISTENT = 2
+# While publishing a big batch, read pending acks every so many messages so
+# the broker's confirms never pile up unread in the socket.
+_DRAIN_EVERY = 256
+# A connection idle longer than this is probed (a non-blocking read) before
+# use, to notice that the broker or a middlebox dropped it meanwhile.
+_PROBE_AFTER_IDLE = 1.0
+
+T = TypeVar("T")
+
+# Errors after which the connection is unusable: reconnect.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    amqp_errors.ConnectionError,
+    kombu.exceptions.OperationalError,
+    OSError,  # includes socket.timeout and ConnectionResetError
+    EOFError,
+)
+
+
+# ---------------------------------------------------------------- naming
+
+
+def queue_name(partition: str, queue: str) -> str:
+    """The main queue of `queue` in `partition`: ``<partition>-<queue>``."""
+    return f"{check_partition_name(partition)}-{check_queue_name(queue)}"
+
+
+def retry_queue_name(partition: str, queue: str, seconds: int) -> str:
+    """The retry queue holding jobs for `seconds` before they return to the main queue."""
+    return f"{queue_name(partition, queue)}.retry.{seconds}"
+
+
+def buried_queue_name(partition: str, queue: str) -> str:
+    """Where jobs go after their last retry (bounded by `max_buried`)."""
+    return f"{queue_name(partition, queue)}.buried"
+
+
+def rejected_queue_name(partition: str, queue: str) -> str:
+    """Where messages that are not valid jobs go, untouched."""
+    return f"{queue_name(partition, queue)}.rejected"
+
+
+# -------------------------------------------------------------- topology
+
+
+def queue_arguments(settings: Settings, partition: str, queue: str) -> dict[str, dict[str, Any]]:
+    """Every queue of a (partition, queue) pair and its declaration arguments.
+
+    The main queue comes first. Retry queues hold a message for their TTL,
+    then dead-letter it through the default exchange back to the main
+    queue. The side queues are classic: they are small, short-lived stops
+    (retry) or bounded archives (buried, drop-head overflow; rejected).
+    """
+    main = queue_name(partition, queue)
+    queues: dict[str, dict[str, Any]] = {main: {"x-queue-type": settings.queue_type}}
+    for seconds in settings.retry_levels:
+        queues[retry_queue_name(partition, queue, seconds)] = {
+            "x-queue-type": "classic",
+            "x-message-ttl": seconds * 1000,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": main,
+        }
+    queues[buried_queue_name(partition, queue)] = {
+        "x-queue-type": "classic",
+        "x-max-length": settings.max_buried,
+        "x-overflow": "drop-head",
+    }
+    queues[rejected_queue_name(partition, queue)] = {"x-queue-type": "classic"}
+    return queues
+
+
+def declare_queues(channel: amqp.Channel, settings: Settings, partition: str, queue: str) -> None:
+    """Declare (idempotently) the main, retry, buried and rejected queues.
+
+    All durable. A queue that already exists with other arguments (e.g. a
+    classic queue when `queue_type` is quorum) raises `BrokerError` naming
+    the difference; the channel is closed by RabbitMQ and must be discarded.
+    """
+    with translate_errors():
+        for name, arguments in queue_arguments(settings, partition, queue).items():
+            channel.queue_declare(
+                queue=name, durable=True, exclusive=False, auto_delete=False, arguments=arguments
+            )
+
+
+# ------------------------------------------------------------ publishing
+
+
+class Outgoing(NamedTuple):
+    """One message to publish through the default exchange."""
+
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any] | None = None
+    message_id: str | None = None
+    content_type: str | None = CONTENT_TYPE
+
+
+class Unroutable(BrokerError):
+    """Some messages had no queue to go to (RabbitMQ returned them).
+
+    `indices` are their positions in the published batch. Declare the
+    queues and publish those messages again.
+    """
+
+    def __init__(self, indices: list[int], routing_keys: set[str]) -> None:
+        self.indices = indices
+        self.routing_keys = routing_keys
+        super().__init__(f"no queue named {', '.join(sorted(routing_keys))}")
+
+
+class QueueNotFound(BrokerError):
+    """The queue named in an operation does not exist."""
+
+
+class _Nacked(BrokerError):
+    """RabbitMQ refused messages; the channel itself is still fine."""
+
+
+class _ConfirmTimeout(BrokerError):
+    """Confirms did not arrive in time: the connection is suspect."""
+
+
+class _Confirms:
+    """Publisher-confirm bookkeeping for one channel.
+
+    RabbitMQ numbers the messages published on a confirm channel 1, 2, ...
+    and acks (or nacks) them by that number, `multiple` meaning "and every
+    lower one". Unroutable `mandatory` messages come back as basic.return
+    before their ack.
+    """
+
+    def __init__(self, channel: amqp.Channel) -> None:
+        channel.confirm_select()
+        # py-amqp clears this flag when it silently reopens ("revives") a
+        # channel that RabbitMQ closed; the reopened channel is no longer in
+        # confirm mode and numbers from 1 again, so this record is stale.
+        channel._confirm_selected = True
+        self.next_tag = 1
+        self.pending: set[int] = set()
+        self.nacked = 0
+        self.returned: list[tuple[str, bytes]] = []
+        channel.events["basic_ack"].add(self.on_ack)
+        channel.events["basic_nack"].add(self.on_nack)
+        channel.events["basic_return"].add(self.on_return)
+
+    def detach(self, channel: amqp.Channel) -> None:
+        channel.events["basic_ack"].discard(self.on_ack)
+        channel.events["basic_nack"].discard(self.on_nack)
+        channel.events["basic_return"].discard(self.on_return)
+
+    def settle(self, tag: int, multiple: bool) -> int:
+        pending = self.pending
+        if not multiple:
+            if tag in pending:
+                pending.discard(tag)
+                return 1
+            return 0
+        before = len(pending)
+        if tag >= self.next_tag - 1:  # covers every tag handed out so far
+            pending.clear()
+        else:
+            self.pending = {t for t in pending if t > tag}
+        return before - len(self.pending)
+
+    def on_ack(self, tag: int, multiple: bool) -> None:
+        self.settle(tag, multiple)
+
+    def on_nack(self, tag: int, multiple: bool) -> None:
+        self.nacked += self.settle(tag, multiple)
+
+    def on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        body = message.body
+        self.returned.append((routing_key, body.encode() if isinstance(body, str) else body))
+
+
+# Weak: a discarded channel takes its bookkeeping with it.
+_confirms: weakref.WeakKeyDictionary[amqp.Channel, _Confirms] = weakref.WeakKeyDictionary()
+
+
+def publish_confirmed(channel: amqp.Channel, items: Sequence[Outgoing], timeout: float) -> None:
+    """Publish `items` persistently and wait until RabbitMQ confirmed them all.
+
+    One round trip for the whole batch. The first call puts `channel` in
+    confirm mode; publish on it only through this function from then on
+    (it counts delivery tags). While waiting, other frames of the connection
+    are dispatched as usual: deliveries reach their consumer callbacks.
+
+    Raises `Unroutable` when a queue is missing, `BrokerError` on a nack or
+    when confirms take longer than `timeout` seconds (then nothing is known
+    about the unconfirmed messages: discard the channel), and `BrokerError`
+    for transport errors.
+    """
+    if not items:
+        return
+    with translate_errors():
+        confirms = _confirms.get(channel)
+        if confirms is None or not channel._confirm_selected:
+            if confirms is not None:
+                confirms.detach(channel)
+            confirms = _confirms[channel] = _Confirms(channel)
+        if confirms.pending:
+            raise BrokerError("channel still has unconfirmed messages from a failed publish")
+        confirms.nacked = 0
+        confirms.returned.clear()
+        # py-amqp's basic_publish waits for each confirm when the connection
+        # has confirm_publish set; _basic_publish never does.
+        publish = channel._basic_publish
+        connection = channel.connection
+        tag = confirms.next_tag
+        for count, item in enumerate(items, 1):
+            message = amqp.Message(
+                item.body,
+                content_type=item.content_type,
+                delivery_mode=PERSISTENT,
+                message_id=item.message_id,
+                application_headers=item.headers,
+            )
+            confirms.pending.add(tag)
+            tag += 1
+            confirms.next_tag = tag
+            publish(message, exchange="", routing_key=item.routing_key, mandatory=True)
+            if count % _DRAIN_EVERY == 0:
+                _drain_nowait(connection)
+        deadline = time.monotonic() + timeout
+        while confirms.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _ConfirmTimeout(
+                    f"RabbitMQ did not confirm {len(confirms.pending)} of {len(items)} "
+                    f"message(s) within {timeout:g} s; they may or may not be queued"
+                )
+            try:
+                connection.drain_events(timeout=remaining)
+            except TimeoutError:
+                continue
+    if confirms.nacked:
+        raise _Nacked(f"RabbitMQ refused (nacked) {confirms.nacked} of {len(items)} messages")
+    if confirms.returned:
+        raise _unroutable(items, confirms.returned)
+
+
+def _unroutable(items: Sequence[Outgoing], returned: list[tuple[str, bytes]]) -> Unroutable:
+    # basic.return carries no delivery tag: match messages by key and body.
+    left = Counter(returned)
+    indices = []
+    for index, item in enumerate(items):
+        key = (item.routing_key, item.body)
+        if left[key] > 0:
+            left[key] -= 1
+            indices.append(index)
+    return Unroutable(indices, {routing_key for routing_key, _ in returned})
+
+
+def _drain_nowait(connection: amqp.Connection) -> None:
+    """Process whatever frames already arrived, without blocking."""
+    try:
+        connection.drain_events(timeout=0)
+    except TimeoutError:
+        pass
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise kombu, py-amqp and socket errors as `BrokerError`."""
+    try:
+        yield
+    except BrokerError:
+        raise
+    except amqp_errors.PreconditionFailed as exc:
+        raise BrokerError(f"RabbitMQ refused: {exc.reply_text or exc}") from exc
+    except amqp_errors.NotFound as exc:
+        raise QueueNotFound(f"not found: {exc.reply_text or exc}") from exc
+    except (amqp_errors.AMQPError, amqp_errors.MessageNacked, kombu.exceptions.KombuError) as exc:
+        raise BrokerError(f"{type(exc).__name__}: {exc}") from exc
+    except _CONNECTION_ERRORS as exc:
+        raise BrokerError(f"connection to RabbitMQ failed: {type(exc).__name__}: {exc}") from exc
+
+
+# ------------------------------------------------------------------ Broker
+
+
+class Broker:
+    """The producer's connection to RabbitMQ, one per process and URL.
+
+    The connection opens on first use. After a `fork` the child opens its
+    own (an AMQP socket must never be shared between processes). A lock
+    serialises users: a py-amqp connection is not thread-safe. Queues are
+    declared once per process and cached. An operation that fails because
+    the connection dropped is retried once on a fresh connection.
+    """
+
+    def __init__(self, url: str, *, heartbeat: float = 10.0, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.heartbeat = heartbeat
+        self.connect_timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+        self._conn: kombu.Connection | None = None
+        self._channel: amqp.Channel | None = None
+        self._last_used = 0.0
+        self._declared: set[tuple[Any, ...]] = set()
+
+    def __repr__(self) -> str:
+        state = "connected" if self._conn is not None else "not connected"
+        return f"<Broker {redact_url(self.url)} {state}>"
+
+    # -- public operations
+
+    def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        headers: dict[str, Any] | None = None,
+        *,
+        message_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish one persistent JSON message and wait for RabbitMQ's confirm."""
+        self.publish_many([Outgoing(routing_key, body, headers, message_id)], timeout=timeout)
+
+    def publish_many(self, items: Sequence[Outgoing], *, timeout: float = 10.0) -> None:
+        """Publish a batch and wait for all its confirms in one round trip."""
+        if items:
+            self.call(lambda channel: publish_confirmed(channel, items, timeout))
+
+    def declare(self, settings: Settings, partition: str, queue: str) -> None:
+        """Declare a queue family once per process (see `declare_queues`)."""
+        key = (
+            partition,
+            queue,
+            settings.queue_type,
+            tuple(settings.retry_levels),
+            settings.max_buried,
+        )
+        if key in self._declared:
+            return
+        self.call(lambda channel: declare_queues(channel, settings, partition, queue))
+        self._declared.add(key)
+
+    def forget_declared(self) -> None:
+        """Drop the declaration cache (after a queue turned out to be missing)."""
+        self._declared.clear()
+
+    def call(self, operation: Callable[[amqp.Channel], T]) -> T:
+        """Run `operation(channel)` on the publishing channel, under the lock.
+
+        Reconnects and retries once when the connection turns out dead;
+        every failure surfaces as `BrokerError`.
+        """
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    with translate_errors():
+                        channel = self._ready_channel()
+                        return operation(channel)
+                except (Unroutable, _Nacked):
+                    raise  # the channel is fine; the caller decides
+                except _ConfirmTimeout:
+                    self._discard_connection()
+                    raise  # not retried: the first attempt may have been queued
+                except BrokerError as exc:
+                    cause = exc.__cause__
+                    if isinstance(cause, amqp_errors.ChannelError):
+                        self._discard_channel()  # RabbitMQ closed it; a retry won't help
+                        raise
+                    self._discard_connection()
+                    if attempt == 2 or not isinstance(cause, _CONNECTION_ERRORS):
+                        raise
+                    log.info("RabbitMQ connection lost (%s); reconnecting once", exc)
+                finally:
+                    self._last_used = time.monotonic()
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def channel(self) -> Iterator[amqp.Channel]:
+        """A fresh channel for one-off work (listing, moving messages).
+
+        Holds the lock while open. Closing it returns any un-acked
+        `basic_get` messages to their queues.
+        """
+        with self._lock:
+            with translate_errors():
+                self._ready_channel()
+                assert self._conn is not None
+                channel = self._conn.channel()
+            try:
+                with translate_errors():
+                    yield channel
+            except BrokerError as exc:
+                if isinstance(exc.__cause__, _CONNECTION_ERRORS):
+                    self._discard_connection()
+                raise
+            finally:
+                self._last_used = time.monotonic()
+                if channel.is_open:
+                    try:
+                        channel.close()
+                    except Exception:  # the connection is failing: dropped next use
+                        self._discard_connection()
+
+    def close(self) -> None:
+        """Close the connection (it reopens on next use)."""
+        with self._lock:
+            conn, self._conn, self._channel = self._conn, None, None
+            if conn is not None and self._pid == os.getpid():
+                try:
+                    conn.release()
+                except Exception:
+                    conn.collect()
+
+    # -- connection management
+
+    def _ready_channel(self) -> amqp.Channel:
+        if self._pid != os.getpid():
+            self._forget_inherited()
+        if self._conn is not None and time.monotonic() - self._last_used > _PROBE_AFTER_IDLE:
+            try:
+                _drain_nowait(self._conn.connection)  # connected: never reconnects here
+            except Exception as exc:
+                log.info("RabbitMQ connection was dropped while idle (%s)", exc)
+                self._discard_connection()
+        if self._conn is None:
+            self._conn = self._connect()
+        if self._channel is None or not self._channel.is_open:
+            self._channel = self._conn.channel()
+        return self._channel
+
+    def _connect(self) -> kombu.Connection:
+        conn = kombu.Connection(
+            self.url, heartbeat=self.heartbeat, connect_timeout=self.connect_timeout
+        )
+        try:
+            # One attempt per failover URL, no sleeping in between.
+            conn.ensure_connection(
+                max_retries=max(len(conn.alt) - 1, 0),
+                interval_start=0,
+                interval_step=0.2,
+                interval_max=0.5,
+            )
+        except Exception as exc:
+            conn.collect()
+            raise BrokerError(
+                f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc}"
+            ) from exc
+        return conn
+
+    def _discard_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and channel.is_open:
+            try:
+                channel.close()
+            except Exception:
+                self._discard_connection()
+
+    def _discard_connection(self) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None:
+            # No close handshake: the connection is broken or suspect.
+            conn.collect()
+
+    def _forget_inherited(self) -> None:
+        # Forked: the connection belongs to the parent. Closing it (even a
+        # socket shutdown) would cut the parent off, so only drop references;
+        # garbage collection closes this process's copy of the descriptor.
+        self._conn = None
+        self._channel = None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+
+_brokers: dict[tuple[str, float, float], Broker] = {}
+_brokers_lock = threading.Lock()
+
+
+def get_broker(settings: Settings) -> Broker:
+    """This process's `Broker` for the settings' URL and connection options."""
+    key = (settings.broker_url, settings.heartbeat, settings.connect_timeout)
+    broker = _brokers.get(key)
+    if broker is None:
+        with _brokers_lock:
+            broker = _brokers.get(key)
+            if broker is None:
+                broker = _brokers[key] = Broker(
+                    settings.broker_url,
+                    heartbeat=settings.heartbeat,
+                    connect_timeout=settings.connect_timeout,
+                )
+    return broker
+
+
+def _after_fork_in_child() -> None:
+    # Locks held by other threads at fork time would never be released here.
+    global _brokers_lock
+    _brokers_lock = threading.Lock()
+    for broker in _brokers.values():
+        broker._forget_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
