@@ -1,1 +1,43 @@
-"""roger: multi-tenant job processing on RabbitMQ."""
+"""roger: multi-tenant job processing on RabbitMQ.
+
+The public API, grouped by topic. Everything else lives in submodules:
+`roger.broker` (AMQP), `roger.message` (wire codec), `roger.retry`,
+`roger.registry`, `roger.settings`.
+"""
+
+from roger import info
+from roger.admin import purge, retry_buried
+from roger.config import configure
+from roger.errors import (
+    BadMessage,
+    BrokerError,
+    DuplicateJob,
+    JobTimeout,
+    RogerError,
+    UnknownJob,
+    WorkerCrashed,
+)
+from roger.job import Job
+from roger.producer import enqueue_many
+from roger.settings import Settings
+
+__all__ = [
+    # jobs
+    "Job",
+    "enqueue_many",
+    # configuration
+    "Settings",
+    "configure",
+    # queues
+    "info",
+    "purge",
+    "retry_buried",
+    # errors
+    "BadMessage",
+    "BrokerError",
+    "DuplicateJob",
+    "JobTimeout",
+    "RogerError",
+    "UnknownJob",
+    "WorkerCrashed",
+]

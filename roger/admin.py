@@ -1,0 +1,94 @@
+"""Operator actions on a queue: re-enqueue buried jobs, purge."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from roger import broker, config, message
+from roger.broker import Outgoing, QueueNotFound
+from roger.errors import BadMessage
+from roger.job import UnregisteredJob
+
+if TYPE_CHECKING:
+    from roger.settings import Settings
+
+__all__ = ["purge", "retry_buried"]
+
+log = logging.getLogger(__name__)
+
+# Buried messages moved per publisher-confirm round trip.
+_BATCH = 500
+
+
+def retry_buried(partition: str, queue: str, *, settings: Settings | None = None) -> int:
+    """Move every buried job of a queue back to its main queue; return how many.
+
+    Each job restarts with `retry_count` 0 and a new `queued_at`, keeping its
+    id and args. A buried message is removed only after its copy in the main
+    queue was confirmed, so a failure half-way duplicates nothing and loses
+    nothing. Messages buried while this runs wait for the next call.
+    """
+    settings = settings or config.get_settings()
+    producer = broker.get_broker(settings)
+    producer.declare(settings, partition, queue)
+    main = broker.queue_name(partition, queue)
+    buried = broker.buried_queue_name(partition, queue)
+    moved = 0
+    with producer.channel() as channel:
+        # Bounded by the count at the start, so jobs buried again meanwhile
+        # (or skipped as invalid) cannot keep this loop going.
+        remaining = channel.queue_declare(buried, passive=True).message_count
+        while remaining > 0:
+            batch = []
+            for _ in range(min(_BATCH, remaining)):
+                msg = channel.basic_get(buried, no_ack=False)
+                if msg is None:
+                    break
+                batch.append(msg)
+            if not batch:
+                break
+            remaining -= len(batch)
+            now = int(time.time() * 1000)
+            items, tags = [], []
+            for msg in batch:
+                try:
+                    job = message.decode(
+                        msg.body, msg.properties.get("content_type"), fallback=UnregisteredJob
+                    )
+                except BadMessage as exc:
+                    log.warning("leaving an invalid message in %s: %s", buried, exc)
+                    continue  # not acked: it goes back when the channel closes
+                job.retry_count = 0
+                job.queued_at = now
+                items.append(Outgoing(main, message.encode(job), message_id=job.id))
+                tags.append(msg.delivery_info["delivery_tag"])
+            broker.publish_confirmed(channel, items, settings.confirm_timeout)
+            for tag in tags:
+                channel.basic_ack(tag)
+            moved += len(items)
+    return moved
+
+
+def purge(partition: str, queue: str, *, settings: Settings | None = None) -> int:
+    """Delete every job waiting in a queue, including those waiting to retry.
+
+    Returns how many were deleted. Running jobs (unacked deliveries) and the
+    buried and rejected queues are left alone.
+    """
+    settings = settings or config.get_settings()
+    producer = broker.get_broker(settings)
+    names = [broker.queue_name(partition, queue)] + [
+        broker.retry_queue_name(partition, queue, seconds) for seconds in settings.retry_levels
+    ]
+    total = 0
+    for index, name in enumerate(names):
+        try:
+            with producer.channel() as channel:
+                total += channel.queue_purge(name) or 0
+        except QueueNotFound:
+            if index == 0:
+                raise  # the main queue itself is missing: say so
+            # A retry queue that was never declared (other retry_levels).
+    return total

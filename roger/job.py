@@ -1,0 +1,197 @@
+"""`roger.Job`: the base class of every job.
+
+A subclass is two things at once. As a class it describes a kind of work
+(its hooks and class attributes) and registers itself by name so workers can
+find it. Its instances are job *records*: the data of one queued job, with
+the fields below. Inside `perform`, `self` is that record.
+
+Record fields: `id`, `args`, `queue_key`, `execution_key` (the values the
+hooks returned at `create`; on a record they hide the hook methods of the
+same name), `retry_count`, `queued_at`, `started_at` (ms since the epoch, or
+None), `max_execution_time`, `redelivered`, `partition` and `queue`.
+
+The class namespace is kept for users: the machinery lives in other modules
+(`roger.message`, `roger.producer`), so a subclass may use any attribute name
+except the hooks, the fields above and `create`/`enqueue`/`name`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, ClassVar, Self
+
+from roger import producer, registry
+from roger.errors import UnknownJob
+from roger.message import normalize_args
+
+__all__ = ["Job", "UnregisteredJob"]
+
+_MISSING: Any = object()
+
+
+class Job:
+    """Base class of jobs: subclass it and implement `perform(self, args)`.
+
+    Class attributes:
+
+    - `name`: the name the class is registered and addressed under on the
+      wire; defaults to ``"module:QualName"``. Set it explicitly to keep
+      queued jobs runnable when you move or rename the class.
+    - `retryable`: retry with backoff when `perform` raises (default False).
+    - `max_execution_time`: seconds after which a running job is killed and
+      settled as a timeout; None (the default) means unlimited.
+
+    Pass ``register=False`` in the class statement for an abstract base
+    (``class Base(roger.Job, register=False)``): it is not addressable.
+    """
+
+    name: ClassVar[str]
+    retryable: ClassVar[bool] = False
+    max_execution_time: float | None = None
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not isinstance(cls.__dict__.get("retryable", False), bool):
+            raise TypeError(f"{cls.__qualname__}.retryable must be True or False")
+        limit = cls.__dict__.get("max_execution_time")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0
+        ):
+            raise TypeError(
+                f"{cls.__qualname__}.max_execution_time must be a number of seconds > 0 "
+                f"or None, got {limit!r}"
+            )
+        # Only a name written in this very class statement counts: a subclass
+        # must not inherit (and clash with) its parent's registered name.
+        name = cls.__dict__.get("name") or f"{cls.__module__}:{cls.__qualname__}"
+        cls.name = name
+        if register:
+            registry.register(name, cls)
+
+    def __init__(self) -> None:
+        raise TypeError(
+            f"job records are made with {type(self).__qualname__}.create(args), "
+            "not by calling the class"
+        )
+
+    @classmethod
+    def create(cls, job_class_or_args: Any = _MISSING, /, args: Any = _MISSING) -> Self:
+        """Make a new record of this job, ready to `enqueue`.
+
+        ``SendInvoice.create(args)`` and ``roger.Job.create(SendInvoice, args)``
+        are the same. `args` must be JSON values (checked here, with a
+        `TypeError` naming the offending value); the record holds a copy, so
+        later changes to the caller's object do not leak into the job. The
+        `queue_key` and `execution_key` hooks run now, on that copy.
+        """
+        if args is _MISSING:
+            if job_class_or_args is _MISSING:
+                raise TypeError(f"{cls.__qualname__}.create() missing its args")
+            job_class, args = cls, job_class_or_args
+        elif job_class_or_args is _MISSING:
+            job_class = cls
+        else:
+            job_class = job_class_or_args
+            if not (isinstance(job_class, type) and issubclass(job_class, cls)):
+                raise TypeError(
+                    f"{cls.__qualname__}.create(job_class, args): {job_class!r} is not a "
+                    f"subclass of {cls.__qualname__}"
+                )
+        return _new_record(job_class, args)
+
+    def enqueue(self, partition: str, queue: str | None = None) -> Self:
+        """Publish this job to `partition` and return once RabbitMQ confirmed it.
+
+        `queue` defaults to ``self.queue_type(self.args)``. Raises
+        `roger.DuplicateJob` when another job with the same `queue_key` is
+        queued or running, `roger.BrokerError` when the broker did not confirm.
+        Returns the record, now with `partition`, `queue` and `queued_at` set.
+        """
+        producer.enqueue_many([self], partition, queue)
+        return self
+
+    def queue_type(self, args: Any) -> str:
+        """The queue of the partition this job goes to by default."""
+        return "default"
+
+    def queue_key(self, args: Any) -> str | None:  # type: ignore[no-redef]
+        """A key unique while queued or running (a second enqueue fails), or None."""
+        return None
+
+    def execution_key(self, args: Any) -> str | None:  # type: ignore[no-redef]
+        """A key that runs one job at a time across the cluster, or None."""
+        return None
+
+    def perform(self, args: Any) -> Any:
+        """Do the work. Runs in a worker process; `self` is the job record."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement perform()")
+
+    def __repr__(self) -> str:
+        fields = self.__dict__
+        where = (
+            f" partition={fields['partition']!r} queue={fields['queue']!r}"
+            if fields.get("partition") is not None
+            else " (not enqueued)"
+        )
+        return (
+            f"<{type(self).__qualname__} {self.name!r} id={fields.get('id')!r}"
+            f"{where} retry_count={fields.get('retry_count')}>"
+        )
+
+
+class UnregisteredJob(Job, register=False):
+    """Stands in for a record whose job class is not registered here.
+
+    Listings (`roger.info`) use it so that buried or queued jobs of classes
+    this process never imported can still be inspected; its `name` is the
+    wire name. It cannot be performed.
+    """
+
+    def perform(self, args: Any) -> Any:
+        raise UnknownJob(self.name)
+
+
+def _new_record(job_class: type[Job], args: Any) -> Any:
+    try:
+        registered = registry.resolve(getattr(job_class, "name", "")) is job_class
+    except UnknownJob:
+        registered = False
+    if not registered:
+        raise TypeError(
+            f"{job_class.__qualname__} is not a registered job class (the Job base, or "
+            "declared with register=False): create records of a concrete subclass, "
+            "e.g. SendInvoice.create(args)"
+        )
+    try:
+        args = normalize_args(args)
+    except TypeError as exc:
+        raise TypeError(f"{job_class.__qualname__}.create(): {exc}") from None
+    job = object.__new__(job_class)
+    fields = job.__dict__
+    fields.update(
+        id=secrets.token_hex(16),
+        args=args,
+        queue_key=None,
+        execution_key=None,
+        retry_count=0,
+        queued_at=None,
+        started_at=None,
+        max_execution_time=job_class.max_execution_time,
+        redelivered=False,
+        partition=None,
+        queue=None,
+    )
+    # On a record the fields hide the hooks of the same name: call via the class.
+    fields["queue_key"] = _key(job_class, "queue_key", job_class.queue_key(job, args))
+    fields["execution_key"] = _key(
+        job_class, "execution_key", job_class.execution_key(job, args)
+    )
+    return job
+
+
+def _key(job_class: type[Job], hook: str, value: Any) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise TypeError(
+        f"{job_class.__qualname__}.{hook}() must return a string or None, got {value!r}"
+    )

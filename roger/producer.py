@@ -1,0 +1,90 @@
+"""Enqueueing: turn job records into confirmed messages on their queues."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from roger import broker, config, message
+from roger.broker import Outgoing, Unroutable
+from roger.settings import check_partition_name, check_queue_name
+
+if TYPE_CHECKING:
+    from roger.job import Job
+    from roger.settings import Settings
+
+__all__ = ["claim_queue_keys", "enqueue_many"]
+
+
+def enqueue_many(
+    jobs: Iterable[Job],
+    partition: str,
+    queue: str | None = None,
+    *,
+    settings: Settings | None = None,
+) -> list[Job]:
+    """Publish `jobs` to `partition` with one publisher-confirm round trip.
+
+    Each job goes to `queue`, or to its own ``queue_type(args)`` when
+    `queue` is None. Returns the jobs, each with `partition`, `queue` and
+    `queued_at` set, once RabbitMQ confirmed all of them. On `BrokerError`
+    some of the jobs may be queued: enqueueing the same records again is
+    safe for at-least-once processing (they keep their ids).
+    """
+    from roger.job import Job  # job.py imports this module
+
+    settings = settings or config.get_settings()
+    jobs = list(jobs)
+    check_partition_name(partition)
+    targets: list[str] = []
+    for job in jobs:
+        if not isinstance(job, Job):
+            raise TypeError(f"expected roger.Job records, got {type(job).__name__}")
+        target = queue if queue is not None else type(job).queue_type(job, job.args)
+        targets.append(check_queue_name(target))
+    if not jobs:
+        return jobs
+
+    claim_queue_keys(settings, partition, jobs)
+
+    now = int(time.time() * 1000)
+    items = []
+    for job, target in zip(jobs, targets, strict=True):
+        job.queued_at = now
+        body = message.encode(job)
+        if len(body) > settings.max_message_bytes:
+            raise ValueError(
+                f"{job!r} encodes to {len(body)} bytes, more than "
+                f"max_message_bytes={settings.max_message_bytes}"
+            )
+        items.append(Outgoing(broker.queue_name(partition, target), body, message_id=job.id))
+
+    producer = broker.get_broker(settings)
+    for target in dict.fromkeys(targets):
+        producer.declare(settings, partition, target)
+    timeout = settings.confirm_timeout
+    try:
+        producer.publish_many(items, timeout=timeout)
+    except Unroutable as exc:
+        # A queue was deleted since this process declared it: declare again.
+        producer.forget_declared()
+        for target in dict.fromkeys(targets):
+            producer.declare(settings, partition, target)
+        producer.publish_many([items[i] for i in exc.indices], timeout=timeout)
+
+    for job, target in zip(jobs, targets, strict=True):
+        job.partition = partition
+        job.queue = target
+    return jobs
+
+
+def claim_queue_keys(settings: Settings, partition: str, jobs: list[Job]) -> None:
+    """Reserve the `queue_key` of each job, cluster-wide; raise `DuplicateJob` on a clash.
+
+    The single seam for queue-key uniqueness. Not enforced yet: it will
+    test-and-set the keys with the partition's global coordinator (one round
+    trip per batch, none for jobs without a key) before anything is
+    published.
+    """
+    return None
