@@ -18,6 +18,7 @@ from roger.errors import (
     WorkerCrashed,
 )
 from roger.job import Job
+from roger.node import Node
 from roger.producer import enqueue_many
 from roger.settings import Settings
 
@@ -25,6 +26,8 @@ __all__ = [
     # jobs
     "Job",
     "enqueue_many",
+    # running nodes
+    "Node",
     # configuration
     "Settings",
     "configure",

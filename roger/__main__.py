@@ -1,0 +1,5 @@
+import sys
+
+from roger.cli import main
+
+sys.exit(main())

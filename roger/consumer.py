@@ -1,0 +1,402 @@
+"""The consumer process: one per queue, owner of its AMQP connection.
+
+It never runs job code. One thread, one loop, one `wait()` over: the AMQP
+socket, its link to the partition supervisor, the signal self-pipe, and its
+worker pool (worker sentinels and outcome pipes). So heartbeats, acks and
+control calls are served while jobs run, and an idle consumer sleeps.
+
+A delivery is decoded and validated here (bad input goes to
+``<partition>-<queue>.rejected`` with its reason), handed to an idle worker,
+and acked only once settled: done, failed (not retryable), republished to a
+retry queue, or buried. The prefetch equals the pool size, so a delivery
+almost never waits for a worker.
+
+Shutdown (SIGTERM from the partition supervisor, or a ``drain`` cast):
+stop consuming, hand prefetched jobs back, wait up to `shutdown_timeout`
+for running jobs, then kill the rest and reject them with requeue: a job is
+never lost to a shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from amqp.exceptions import ConnectionError as AMQPConnectionError
+from amqp.exceptions import ConsumerCancelled, RecoverableConnectionError
+from kombu import Connection
+from multiprocess.connection import wait
+
+import supervision
+from roger import broker, message, registry, retry
+from roger.callbacks import Callbacks
+from roger.errors import BadMessage, JobTimeout, WorkerCrashed
+from roger.pool import WorkerPool
+from roger.settings import redact_url
+from roger.worker import decide
+from supervision.events import signal_name
+
+log = logging.getLogger("roger.consumer")
+
+
+EXIT_CONNECTION_LOST = 4
+CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
+
+
+@dataclass
+class Inflight:
+    job: Any
+    slot_id: str
+    started: float
+    deadline: float | None
+    kill_reason: str | None = None
+
+
+def run_consumer(partition: str, queue: str, workers: int, settings: Any) -> None:
+    """Consumer process main (the `start` of its ChildSpec)."""
+    Consumer(partition, queue, workers, settings).run()
+
+
+class Consumer:
+    def __init__(self, partition: str, queue: str, workers: int, settings: Any) -> None:
+        self.partition, self.queue, self.workers = partition, queue, workers
+        self.settings = settings
+        self.qname = broker.queue_name(partition, queue)
+        self.tag = f"{partition}/{queue}"
+        self.inflight: dict[int, Inflight] = {}
+        self.backlog: deque[tuple[int, bool, bytes, Any]] = deque()
+        self.ctag: str | None = None
+        self.draining = False
+        self.drain_deadline = 0.0
+        self.closing = False
+        self.settled = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def run(self) -> None:
+        self._install_signals()
+        registry.import_modules(self.settings.imports)
+        self.callbacks = Callbacks.load(self.settings.callbacks)
+        self._connect()
+        self.pool = WorkerPool(self.partition, self.queue, self.settings, self.workers,
+                               self._on_outcome, self._on_lost,
+                               inherited=lambda: [self.sock, self._wake_r, self._wake_w])
+        self.pool.open()
+        try:
+            self._subscribe()
+            supervision.ready()
+            log.info("[%s] consuming %s with %d workers", self.tag, self.qname, self.workers)
+            self._loop()
+        except CONNECTION_ERRORS as e:
+            # Jobs in flight are not acked, so RabbitMQ requeues them; our
+            # supervisor starts a fresh consumer that reconnects.
+            log.error("[%s] lost the broker connection: %s", self.tag, e)
+            self.closing = True
+            raise SystemExit(EXIT_CONNECTION_LOST) from None
+        finally:
+            self._close()
+
+    def _connect(self) -> None:
+        s = self.settings
+        self.conn = Connection(s.broker_url, heartbeat=s.heartbeat,
+                               connect_timeout=s.connect_timeout)
+        try:
+            self.conn.connect()
+        except Exception as e:
+            log.error("[%s] cannot connect to %s: %s", self.tag, redact_url(s.broker_url), e)
+            raise SystemExit(3) from None
+        self.amqp = self.conn.connection
+        self.sock = self.amqp.sock
+        self.channel = self.conn.channel()
+        broker.declare_queues(self.channel, s, self.partition, self.queue)
+        # Settling publishes (retry, buried, rejected) are confirmed on their
+        # own channel before the original delivery is acked.
+        self.settle_channel = self.conn.channel()
+        self.last_heartbeat = time.monotonic()
+
+    def _close(self) -> None:
+        self.closing = True
+        for tag in list(self.inflight):
+            self.inflight.pop(tag)
+            self._reject_requeue(tag)
+        self._requeue_backlog()
+        self.pool.close()
+        try:
+            self.conn.release()
+        except Exception:
+            pass
+
+    # ----------------------------------------------------------------- the loop
+
+    def _loop(self) -> None:
+        parent = supervision.parent() if supervision.is_supervised() else None
+        while True:
+            if self.draining:
+                if not self.inflight:
+                    log.info("[%s] drained", self.tag)
+                    return
+                if time.monotonic() >= self.drain_deadline:
+                    log.warning("[%s] %d jobs still running after shutdown_timeout; killing "
+                                "them, their messages go back to the queue", self.tag,
+                                len(self.inflight))
+                    return
+            objs = [self.sock, self._wake_r, *self.pool.wait_objects()]
+            if parent is not None and not parent.closed:
+                objs.append(parent.conn)
+            ready = wait(objs, self._next_timeout())
+            if self.sock in ready:
+                self._drain_amqp()
+            if parent is not None and parent.conn in ready:
+                self._serve(parent)
+            if self._wake_r in ready:
+                self._on_signal()
+            self.pool.handle(ready)
+            self._check_deadlines()
+            self._dispatch_backlog()
+            self._heartbeat()
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        timeout = self.settings.heartbeat / 4 if self.settings.heartbeat else 5.0
+        for entry in self.inflight.values():
+            if entry.deadline is not None and entry.kill_reason is None:
+                timeout = min(timeout, entry.deadline - now)
+        if self.draining:
+            timeout = min(timeout, self.drain_deadline - now)
+        return max(0.0, timeout)
+
+    def _drain_amqp(self) -> None:
+        # py-amqp reads exactly the bytes of one frame at a time, so a readable
+        # socket means frames are waiting; read until the socket runs dry.
+        while True:
+            try:
+                self.amqp.drain_events(timeout=0)
+            except TimeoutError:
+                return
+            except ConsumerCancelled:
+                # The queue was deleted (or the broker cancelled us): declare
+                # it again and carry on; jobs in flight are still ours to ack.
+                log.warning("[%s] the broker cancelled our subscription to %s; "
+                            "declaring it again", self.tag, self.qname)
+                self.ctag = None
+                broker.declare_queues(self.channel, self.settings, self.partition, self.queue)
+                self._subscribe()
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if self.settings.heartbeat and now - self.last_heartbeat >= self.settings.heartbeat / 4:
+            self.conn.heartbeat_check()
+            self.last_heartbeat = now
+
+    # --------------------------------------------------------------- deliveries
+
+    def _on_delivery(self, msg: Any) -> None:
+        info = msg.delivery_info
+        tag, redelivered = info["delivery_tag"], bool(info.get("redelivered"))
+        body = msg.body if isinstance(msg.body, bytes) else msg.body.encode()
+        props = msg.properties
+        if len(body) > self.settings.max_message_bytes:
+            self._reject(tag, body, props, BadMessage(
+                "too_large", f"{len(body)} bytes > max_message_bytes"))
+            return
+        try:
+            job = message.decode(body, props.get("content_type"))
+        except BadMessage as e:
+            self._reject(tag, body, props, e)
+            return
+        job.partition, job.queue, job.redelivered = self.partition, self.queue, redelivered
+        if self.draining or self.ctag is None or not self.pool.has_capacity():
+            self.backlog.append((tag, redelivered, body, job))
+            if self.draining:
+                self._requeue_backlog()
+            return
+        self._run(tag, redelivered, body, job)
+
+    def _run(self, tag: int, redelivered: bool, body: bytes, job: Any) -> None:
+        slot = self.pool.dispatch(tag, redelivered, body)
+        now = time.monotonic()
+        limit = job.max_execution_time
+        job.started_at = int(time.time() * 1000)
+        self.inflight[tag] = Inflight(job, slot.id, now, now + limit if limit else None)
+        log.debug("[%s] job %s (%s) started in worker %d", self.tag, job.id, job.name, slot.pid)
+
+    def _dispatch_backlog(self) -> None:
+        while self.backlog and not self.draining and self.pool.has_capacity():
+            self._run(*self.backlog.popleft())
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for entry in list(self.inflight.values()):
+            if entry.deadline is not None and entry.kill_reason is None and now >= entry.deadline:
+                entry.kill_reason = "timeout"
+                log.warning("[%s] job %s (%s) exceeded max_execution_time %s s; killing worker",
+                            self.tag, entry.job.id, entry.job.name, entry.job.max_execution_time)
+                self.pool.kill(entry.slot_id)
+
+    # ----------------------------------------------------------------- settling
+
+    def _on_outcome(self, tag: int, error: dict | None) -> None:
+        entry = self.inflight.pop(tag, None)
+        if entry is None:
+            return
+        if error is None:
+            log.debug("[%s] job %s done", self.tag, entry.job.id)
+            self._settle(tag, entry.job, "done", None)
+        else:
+            self._settle(tag, entry.job, error["disposition"], error["error"])
+
+    def _on_lost(self, tag: int, exitcode: int | None) -> None:
+        entry = self.inflight.pop(tag, None)
+        if entry is None:
+            return
+        if self.closing:
+            self._reject_requeue(tag)
+            return
+        job = entry.job
+        if entry.kill_reason == "timeout":
+            error: Exception = JobTimeout(
+                f"job ran longer than max_execution_time={job.max_execution_time} s")
+            reason = "timeout"
+        else:
+            error = WorkerCrashed(exitcode if exitcode is not None and exitcode >= 0 else None,
+                                  signal_name(exitcode))
+            reason = "worker_crashed"
+        text = f"{type(error).__name__}: {error}"
+        log.error("[%s] job %s (%s) failed: %s", self.tag, job.id, job.name, text)
+        tb = f"{text} (job {job.id} in worker of {self.tag})\n"
+        self.callbacks.call("on_error", self.partition, job, error, tb, None)
+        disposition = decide(job, self.settings.retry_levels)
+        if disposition == "bury":
+            self.callbacks.call("on_buried", self.partition, job, error, tb, None)
+        self._settle(tag, job, disposition, text, reason)
+
+    def _settle(self, tag: int, job: Any, disposition: str, error: str | None,
+                reason: str = "error") -> None:
+        if disposition == "retry":
+            retry.publish_retry(self.settle_channel, self.settings, job, error or "")
+        elif disposition == "bury":
+            retry.publish_buried(self.settle_channel, self.settings, job, reason, error or "")
+        self.channel.basic_ack(tag)
+        self.settled += 1
+
+    def _reject(self, tag: int, body: bytes, props: dict, error: BadMessage) -> None:
+        log.error("[%s] message %s rejected (%s): %s", self.tag, props.get("message_id", "?"),
+                  error.reason, error)
+        retry.publish_rejected(self.settle_channel, self.settings, self.partition, self.queue,
+                               body, props.get("application_headers") or {}, error.reason)
+        self.channel.basic_ack(tag)
+
+    def _reject_requeue(self, tag: int) -> None:
+        try:
+            self.channel.basic_reject(tag, requeue=True)
+        except Exception:  # the connection is gone: the broker requeues anyway
+            pass
+
+    def _requeue_backlog(self) -> None:
+        while self.backlog:
+            self._reject_requeue(self.backlog.popleft()[0])
+
+    # ------------------------------------------------------------ subscription
+
+    def _subscribe(self) -> None:
+        if self.workers > 0 and self.ctag is None and not self.draining:
+            self.channel.basic_qos(0, self.workers, False)
+            self.ctag = self.channel.basic_consume(self.qname, callback=self._on_delivery)
+
+    def _unsubscribe(self) -> None:
+        if self.ctag is not None:
+            try:
+                self.channel.basic_cancel(self.ctag)
+            except ConsumerCancelled:
+                pass  # the broker cancelled it first: same outcome
+            self.ctag = None
+        self._requeue_backlog()
+
+    def set_workers(self, workers: int) -> None:
+        """Resize: the prefetch follows the pool; in-flight jobs are untouched."""
+        if workers == self.workers:
+            return
+        # A consumer's prefetch is fixed when it subscribes, hence cancel and
+        # subscribe again; unacked deliveries stay valid on the channel.
+        self._unsubscribe()
+        self.workers = workers
+        self.pool.resize(workers)
+        self._subscribe()
+        log.info("[%s] now %d workers", self.tag, workers)
+
+    def begin_drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.drain_deadline = time.monotonic() + self.settings.shutdown_timeout
+        self._unsubscribe()
+        log.info("[%s] stopping: %d jobs running, waiting up to %s s", self.tag,
+                 len(self.inflight), self.settings.shutdown_timeout)
+
+    # ------------------------------------------------------------------ control
+
+    def _serve(self, parent: supervision.Link) -> None:
+        while not parent.closed and parent.pending():
+            try:
+                msg = parent.recv(0)
+            except supervision.SupervisorGone:
+                self.begin_drain()
+                return
+            if msg is None:
+                return
+            if msg[0] == "call":
+                parent.answer(msg, self._handle_call)
+            elif msg[0] == "cast" and msg[1] == ("drain",):
+                self.begin_drain()
+
+    def _handle_call(self, payload: tuple) -> Any:
+        op = payload[0]
+        if op == "set_workers":
+            self.set_workers(int(payload[1]))
+            return self.status()
+        if op == "status":
+            return self.status()
+        raise ValueError(f"unknown consumer request {op!r}")
+
+    def status(self) -> dict:
+        running = self.pool.running()
+        return {
+            "queue": self.queue,
+            "max_workers": self.workers,
+            "consuming": self.ctag is not None,
+            "pid": os.getpid(),
+            "workers": sorted(s.pid for s in self.pool.slots.values()),
+            "settled": self.settled,
+            "running": [
+                {"id": e.job.id, "name": e.job.name, "worker_pid": running[t].pid
+                 if t in running else None, "started_at": e.job.started_at}
+                for t, e in self.inflight.items()
+            ],
+        }
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, _noop)
+
+    def _on_signal(self) -> None:
+        try:
+            self._wake_r.recv(64)
+        except BlockingIOError:
+            return
+        self.begin_drain()
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Signals only wake the loop (through the wakeup fd)."""

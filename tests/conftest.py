@@ -1,0 +1,10 @@
+import pytest
+from supervision_helpers import Trees
+
+
+@pytest.fixture
+def trees(tmp_path):
+    """Starts supervision trees for a test; every process is gone when it ends."""
+    t = Trees(tmp_path)
+    yield t
+    t.cleanup()

@@ -1,0 +1,79 @@
+"""Fixtures for tests that run real nodes on the local RabbitMQ."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+import kombu
+import pytest
+
+from roger import config
+from roger.settings import Settings
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
+    """Poll `predicate` until truthy: the state we wait for lives in other processes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def queue_names(partition: str, queues: list[str], levels: list[int]) -> list[str]:
+    names = []
+    for q in queues:
+        base = f"{partition}-{q}"
+        names += [base, f"{base}.buried", f"{base}.rejected"]
+        names += [f"{base}.retry.{s}" for s in levels]
+    return names
+
+
+def delete_queues(names: list[str]) -> None:
+    with kombu.Connection(BROKER) as conn:
+        for name in names:
+            ch = conn.channel()
+            with suppress(Exception):
+                ch.queue_delete(name)
+            with suppress(Exception):
+                ch.close()
+
+
+def queue_depth(name: str) -> int:
+    with kombu.Connection(BROKER) as conn:
+        ch = conn.channel()
+        return ch.queue_declare(name, passive=True).message_count
+
+
+@pytest.fixture
+def partition(request):
+    """A fresh partition name; its queues are deleted afterwards."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_queues(queue_names(name, ["default", "other", "q1", "q2"], [1, 2, 3]))
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):
+    def make(**fields) -> Settings:
+        base = dict(broker_url=BROKER, imports=["testjobs"],
+                    node_name=f"test-{uuid.uuid4().hex[:6]}", retry_levels=[1],
+                    shutdown_timeout=5.0, state_dir=str(tmp_path / "state"))
+        settings = Settings(**(base | fields))
+        config.configure(settings)
+        return settings
+    return make
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> str:
+    return str(tmp_path / "events.jsonl")

@@ -1,0 +1,178 @@
+"""The node's tree: partitions at runtime, crash isolation, the entry point."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import kombu
+import pytest
+from roger_fixtures import BROKER, queue_depth, wait_for
+from testjobs import Record, read
+
+from roger.node import Node
+
+TESTS = Path(__file__).resolve().parent
+
+
+def ends(out):
+    return [e for e in read(out) if e["event"] == "end"]
+
+
+def queues_of(node, partition):
+    return node.status()["running"][partition]["queues"]
+
+
+def test_start_reconfigure_stop_restart_partition(partition, make_settings, out):
+    settings = make_settings(partitions={})
+    with Node(settings) as node:
+        node.start_partition(partition, {"default": 1})
+        assert queues_of(node, partition)["default"]["consuming"]
+
+        node.reconfigure_partition(partition, {"default": 3, "other": 1})
+        qs = queues_of(node, partition)
+        assert (qs["default"]["max_workers"], qs["other"]["max_workers"]) == (3, 1)
+        default_pid = qs["default"]["pid"]
+
+        # The queue dict is complete: "other" stops; 0 workers stops consuming.
+        node.reconfigure_partition(partition, {"default": 0})
+        qs = queues_of(node, partition)
+        assert set(qs) == {"default"} and not qs["default"]["consuming"]
+        assert qs["default"]["pid"] == default_pid  # same consumer, resized
+        job = Record.create({"out": out}).enqueue(partition)
+        assert queue_depth(f"{partition}-default") == 1
+        node.reconfigure_partition(partition, {"default": 2})
+        wait_for(lambda: ends(out), what="job after resume")
+        assert ends(out)[0]["id"] == job.id
+
+        before = node.status()["running"][partition]["pid"]
+        node.restart_partition(partition)
+        after = node.status()["running"][partition]
+        assert after["pid"] != before
+        assert after["queues"]["default"]["max_workers"] == 2  # kept its reconfiguration
+
+        node.stop_partition(partition)
+        assert partition not in node.status()["running"]
+        with pytest.raises(Exception, match="not configured"):
+            node.restart_partition(partition)
+
+
+def test_crash_loop_in_one_partition_never_disturbs_another(make_settings, out, partition):
+    other = partition + "b"
+    settings = make_settings(partitions={partition: {"default": 1}, other: {"default": 1}})
+    try:
+        with Node(settings) as node:
+            other_before = node.status()["running"][other]
+            for _ in range(8):  # more than the partition's restart intensity
+                pid = node.status()["running"].get(partition, {}).get("queues", {}) \
+                    .get("default", {}).get("pid")
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.1)
+            # The crashing partition is restarted by the node (after waiting)...
+            wait_for(lambda: partition in node.status()["running"], what="partition back")
+            # ...and the other one never noticed.
+            other_after = node.status()["running"][other]
+            assert other_after["pid"] == other_before["pid"]
+            assert other_after["queues"]["default"]["pid"] == \
+                other_before["queues"]["default"]["pid"]
+            job = Record.create({"out": out}).enqueue(other)
+            wait_for(lambda: ends(out), what="job in the quiet partition")
+            assert ends(out)[0]["id"] == job.id
+    finally:
+        from roger_fixtures import delete_queues, queue_names
+        delete_queues(queue_names(other, ["default"], [1]))
+
+
+def test_partition_that_cannot_start_is_waiting_and_retried(make_settings, partition):
+    # A classic queue where roger declares a quorum one: the declaration fails.
+    with kombu.Connection(BROKER) as conn:
+        conn.channel().queue_declare(f"{partition}-default", durable=True, auto_delete=False)
+    settings = make_settings(partitions={partition: {"default": 1}}, queue_type="quorum")
+    with Node(settings) as node:
+        status = node.status()
+        assert status["waiting"] == {partition: {"default": 1}}
+        assert partition not in status["running"]
+        with kombu.Connection(BROKER) as conn:
+            conn.channel().queue_delete(f"{partition}-default")
+        wait_for(lambda: partition in node.status()["running"], timeout=30,
+                 what="partition started after the obstacle went away")
+        assert node.status()["waiting"] == {}
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for k in map(int, kids):
+            found.add(k)
+            todo.append(k)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _run_node(partition, tmp_path, *extra, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=str(TESTS), ROGER_BROKER_URL=BROKER,
+               ROGER_IMPORTS='["testjobs"]', ROGER_SHUTDOWN_TIMEOUT="5",
+               ROGER_STATE_DIR=str(tmp_path / "state"),
+               ROGER_PARTITIONS=f'{{"{partition}": {{"default": 2}}}}', **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "roger.supervisor", *extra], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_python_m_roger_supervisor_serves_and_stops_on_sigterm(partition, make_settings,
+                                                               tmp_path, out):
+    make_settings()
+    proc = _run_node(partition, tmp_path)
+    try:
+        job = Record.create({"out": out, "sleep": 1.0}).enqueue(partition)
+        wait_for(lambda: read(out), what="job start")
+        tree = _descendants(proc.pid)
+        assert len(tree) >= 3  # partition supervisor, consumer, worker
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert [e["id"] for e in ends(out)] == [job.id]  # the running job finished
+    assert not [p for p in tree if _alive(p)]
+
+
+def test_sigkill_of_the_root_leaves_no_process_behind(partition, make_settings, tmp_path, out):
+    make_settings()
+    proc = _run_node(partition, tmp_path)
+    try:
+        Record.create({"out": out, "sleep": 30}).enqueue(partition)
+        wait_for(lambda: read(out), what="job start")
+        tree = _descendants(proc.pid)
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not [p for p in tree if _alive(p)], timeout=3, what="no orphans")
+    finally:
+        proc.kill()
+    # The job was not acked: RabbitMQ has it back.
+    wait_for(lambda: queue_depth(f"{partition}-default") == 1, what="job requeued")
+
+
+def test_invalid_settings_fail_at_start_naming_the_field(tmp_path):
+    env = dict(os.environ, ROGER_PARTITIONS='{"p": {"default": -1}}')
+    done = subprocess.run([sys.executable, "-m", "roger.supervisor"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "partitions" in done.stderr

@@ -1,0 +1,112 @@
+"""Job classes and callbacks the runtime tests run in real worker processes.
+
+Jobs report what happened by appending JSON lines to the file named in their
+args (`out`): workers are other processes, and a file is what survives them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from roger.job import Job
+
+
+def record(path: str, **fields) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(fields) + "\n")
+
+
+def read(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+class Record(Job):
+    """Records its start and end; sleeps `sleep` seconds in between."""
+
+    def perform(self, args):
+        start = time.time()
+        record(args["out"], event="start", id=self.id, pid=os.getpid(), t=start,
+               retry_count=self.retry_count)
+        if args.get("sleep"):
+            time.sleep(args["sleep"])
+        record(args["out"], event="end", id=self.id, pid=os.getpid(), t=time.time(),
+               retry_count=self.retry_count, redelivered=self.redelivered)
+
+
+class RetryableRecord(Record):
+    retryable = True
+
+
+class WaitForKill(Job):
+    """Announces its pid, then waits to be killed (bounded)."""
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, pid=os.getpid(),
+               retry_count=self.retry_count)
+        if self.retry_count > 0 or self.redelivered:
+            return  # the second attempt completes
+        time.sleep(60)
+
+
+class RetryableWaitForKill(WaitForKill):
+    retryable = True
+
+
+class Fail(Job):
+    retryable = True
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, retry_count=self.retry_count)
+        raise ValueError(f"fail #{self.retry_count}")
+
+
+class Hang(Job):
+    max_execution_time = 0.5
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, pid=os.getpid())
+        time.sleep(60)
+
+
+class ExitHard(Job):
+    """Ends its worker the rude way: os._exit(code) or a signal to itself."""
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, pid=os.getpid())
+        if "signal" in args:
+            os.kill(os.getpid(), getattr(signal, args["signal"]))
+        os._exit(args.get("code", 0))
+
+
+class Callbacks:
+    """Records every callback to the job's `out` file; before_run's state is a token."""
+
+    def before_run(self, partition, job):
+        record(job.args["out"], event="before_run", id=job.id, partition=partition)
+        return {"token": job.id[:6]}
+
+    def after_run(self, partition, job, result, state):
+        record(job.args["out"], event="after_run", id=job.id, state=state)
+
+    def on_error(self, partition, job, error, traceback, state):
+        record(job.args["out"], event="on_error", id=job.id, error=type(error).__name__,
+               message=str(error), traceback=traceback, state=state,
+               signal=getattr(error, "signal", None))
+
+    def on_buried(self, partition, job, error, traceback, state):
+        record(job.args["out"], event="on_buried", id=job.id, error=type(error).__name__)
+
+
+class BrokenCallbacks:
+    def before_run(self, partition, job):
+        raise RuntimeError("before_run is broken")
+
+    def after_run(self, partition, job, result, state):
+        raise RuntimeError("after_run is broken")
