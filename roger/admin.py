@@ -32,14 +32,17 @@ def retry_buried(partition: str, queue: str, *, settings: Settings | None = None
     """
     settings = settings or config.get_settings()
     producer = broker.get_broker(settings)
-    producer.declare(settings, partition, queue)
     main = broker.queue_name(partition, queue)
     buried = broker.buried_queue_name(partition, queue)
-    moved = 0
     with producer.channel() as channel:
         # Bounded by the count at the start, so jobs buried again meanwhile
-        # (or skipped as invalid) cannot keep this loop going.
+        # (or skipped as invalid) cannot keep the loop below going.
         remaining = channel.queue_declare(buried, passive=True).message_count
+    if remaining == 0:
+        return 0
+    producer.declare(settings, partition, queue)  # the main queue must exist
+    moved = 0
+    with producer.channel() as channel:
         while remaining > 0:
             batch = []
             for _ in range(min(_BATCH, remaining)):

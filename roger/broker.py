@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
 
@@ -175,13 +175,25 @@ class _ConfirmTimeout(BrokerError):
     """Confirms did not arrive in time: the connection is suspect."""
 
 
+class _Batch:
+    """The tags of one `publish_confirmed` call and what became of them."""
+
+    __slots__ = ("first", "last", "nacked", "remaining")
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self.remaining = last - first + 1
+        self.nacked = 0
+
+
 class _Confirms:
     """Publisher-confirm bookkeeping for one channel.
 
     RabbitMQ numbers the messages published on a confirm channel 1, 2, ...
     and acks (or nacks) them by that number, `multiple` meaning "and every
     lower one". Unroutable `mandatory` messages come back as basic.return
-    before their ack.
+    before their ack. Batches may nest: a consumer callback dispatched while
+    one batch waits can publish (and wait for) another on the same channel.
     """
 
     def __init__(self, channel: amqp.Channel) -> None:
@@ -192,7 +204,7 @@ class _Confirms:
         channel._confirm_selected = True
         self.next_tag = 1
         self.pending: set[int] = set()
-        self.nacked = 0
+        self.batches: list[_Batch] = []
         self.returned: list[tuple[str, bytes]] = []
         channel.events["basic_ack"].add(self.on_ack)
         channel.events["basic_nack"].add(self.on_nack)
@@ -203,25 +215,31 @@ class _Confirms:
         channel.events["basic_nack"].discard(self.on_nack)
         channel.events["basic_return"].discard(self.on_return)
 
-    def settle(self, tag: int, multiple: bool) -> int:
+    def settle(self, tag: int, multiple: bool, nacked: bool) -> None:
         pending = self.pending
         if not multiple:
-            if tag in pending:
-                pending.discard(tag)
-                return 1
-            return 0
-        before = len(pending)
-        if tag >= self.next_tag - 1:  # covers every tag handed out so far
-            pending.clear()
+            if tag not in pending:
+                return
+            pending.discard(tag)
+            done: Iterable[int] = (tag,)
+        elif tag >= self.next_tag - 1:  # covers every tag handed out so far
+            done, self.pending = pending, set()
         else:
-            self.pending = {t for t in pending if t > tag}
-        return before - len(self.pending)
+            done = {t for t in pending if t <= tag}
+            pending -= done
+        batches = self.batches
+        for t in done:
+            for batch in batches:  # nearly always one
+                if batch.first <= t <= batch.last:
+                    batch.remaining -= 1
+                    batch.nacked += nacked
+                    break
 
     def on_ack(self, tag: int, multiple: bool) -> None:
-        self.settle(tag, multiple)
+        self.settle(tag, multiple, False)
 
     def on_nack(self, tag: int, multiple: bool) -> None:
-        self.nacked += self.settle(tag, multiple)
+        self.settle(tag, multiple, True)
 
     def on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         body = message.body
@@ -238,7 +256,8 @@ def publish_confirmed(channel: amqp.Channel, items: Sequence[Outgoing], timeout:
     One round trip for the whole batch. The first call puts `channel` in
     confirm mode; publish on it only through this function from then on
     (it counts delivery tags). While waiting, other frames of the connection
-    are dispatched as usual: deliveries reach their consumer callbacks.
+    are dispatched as usual, so deliveries reach their consumer callbacks,
+    and those may call this function again (on this channel too).
 
     Raises `Unroutable` when a queue is missing, `BrokerError` on a nack or
     when confirms take longer than `timeout` seconds (then nothing is known
@@ -253,57 +272,71 @@ def publish_confirmed(channel: amqp.Channel, items: Sequence[Outgoing], timeout:
             if confirms is not None:
                 confirms.detach(channel)
             confirms = _confirms[channel] = _Confirms(channel)
-        if confirms.pending:
-            raise BrokerError("channel still has unconfirmed messages from a failed publish")
-        confirms.nacked = 0
-        confirms.returned.clear()
         # py-amqp's basic_publish waits for each confirm when the connection
         # has confirm_publish set; _basic_publish never does.
         publish = channel._basic_publish
         connection = channel.connection
-        tag = confirms.next_tag
-        for count, item in enumerate(items, 1):
-            message = amqp.Message(
-                item.body,
-                content_type=item.content_type,
-                delivery_mode=PERSISTENT,
-                message_id=item.message_id,
-                application_headers=item.headers,
-            )
-            confirms.pending.add(tag)
-            tag += 1
-            confirms.next_tag = tag
-            publish(message, exchange="", routing_key=item.routing_key, mandatory=True)
-            if count % _DRAIN_EVERY == 0:
-                _drain_nowait(connection)
-        deadline = time.monotonic() + timeout
-        while confirms.pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _ConfirmTimeout(
-                    f"RabbitMQ did not confirm {len(confirms.pending)} of {len(items)} "
-                    f"message(s) within {timeout:g} s; they may or may not be queued"
+        if not confirms.batches:
+            confirms.returned.clear()  # leftovers of a batch that timed out
+        first = tag = confirms.next_tag
+        batch = _Batch(first, first + len(items) - 1)
+        confirms.batches.append(batch)
+        try:
+            for count, item in enumerate(items, 1):
+                message = amqp.Message(
+                    item.body,
+                    content_type=item.content_type,
+                    delivery_mode=PERSISTENT,
+                    message_id=item.message_id,
+                    application_headers=item.headers,
                 )
-            try:
-                connection.drain_events(timeout=remaining)
-            except TimeoutError:
-                continue
-    if confirms.nacked:
-        raise _Nacked(f"RabbitMQ refused (nacked) {confirms.nacked} of {len(items)} messages")
+                confirms.pending.add(tag)
+                tag += 1
+                confirms.next_tag = tag
+                publish(message, exchange="", routing_key=item.routing_key, mandatory=True)
+                if count % _DRAIN_EVERY == 0:
+                    _drain_nowait(connection)
+            deadline = time.monotonic() + timeout
+            while batch.remaining > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _ConfirmTimeout(
+                        f"RabbitMQ did not confirm {batch.remaining} of {len(items)} "
+                        f"message(s) within {timeout:g} s; they may or may not be queued"
+                    )
+                try:
+                    connection.drain_events(timeout=remaining)
+                except TimeoutError:
+                    continue
+        finally:
+            confirms.batches.remove(batch)
+    if batch.nacked:
+        raise _Nacked(f"RabbitMQ refused (nacked) {batch.nacked} of {len(items)} messages")
     if confirms.returned:
-        raise _unroutable(items, confirms.returned)
+        unroutable = _take_returned(items, confirms.returned)
+        if unroutable.indices:
+            raise unroutable
 
 
-def _unroutable(items: Sequence[Outgoing], returned: list[tuple[str, bytes]]) -> Unroutable:
-    # basic.return carries no delivery tag: match messages by key and body.
-    left = Counter(returned)
+def _take_returned(items: Sequence[Outgoing], returned: list[tuple[str, bytes]]) -> Unroutable:
+    # basic.return carries no delivery tag: match messages by key and body,
+    # taking the matched returns out of the channel's list.
+    wanted = Counter((item.routing_key, item.body) for item in items)
+    matched: Counter[tuple[str, bytes]] = Counter()
+    keep = []
+    for entry in returned:
+        if matched[entry] < wanted[entry]:
+            matched[entry] += 1
+        else:
+            keep.append(entry)
+    returned[:] = keep
     indices = []
     for index, item in enumerate(items):
         key = (item.routing_key, item.body)
-        if left[key] > 0:
-            left[key] -= 1
+        if matched[key] > 0:
+            matched[key] -= 1
             indices.append(index)
-    return Unroutable(indices, {routing_key for routing_key, _ in returned})
+    return Unroutable(indices, {item.routing_key for item in (items[i] for i in indices)})
 
 
 def _drain_nowait(connection: amqp.Connection) -> None:
@@ -344,13 +377,27 @@ class Broker:
     the connection dropped is retried once on a fresh connection.
     """
 
-    def __init__(self, url: str, *, heartbeat: float = 10.0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat: float = 10.0,
+        connect_timeout: float = 5.0,
+        io_timeout: float = 10.0,
+    ) -> None:
         self.url = url
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
+        # Bounds every socket read/write without its own timeout (a queue
+        # declaration, a basic_get): a silently dead peer must not hang us.
+        self.io_timeout = io_timeout
         self._lock = threading.RLock()
         self._pid = os.getpid()
+        # kombu parses the URL (failover, TLS, vhost) and connects; after
+        # that only the py-amqp connection is used, since kombu's
+        # `connection` property would silently reconnect (and sleep).
         self._conn: kombu.Connection | None = None
+        self._amqp: amqp.Connection | None = None
         self._channel: amqp.Channel | None = None
         self._last_used = 0.0
         self._declared: set[tuple[Any, ...]] = set()
@@ -436,8 +483,8 @@ class Broker:
         with self._lock:
             with translate_errors():
                 self._ready_channel()
-                assert self._conn is not None
-                channel = self._conn.channel()
+                assert self._amqp is not None
+                channel = self._amqp.channel()
             try:
                 with translate_errors():
                     yield channel
@@ -456,7 +503,7 @@ class Broker:
     def close(self) -> None:
         """Close the connection (it reopens on next use)."""
         with self._lock:
-            conn, self._conn, self._channel = self._conn, None, None
+            conn, self._conn, self._amqp, self._channel = self._conn, None, None, None
             if conn is not None and self._pid == os.getpid():
                 try:
                     conn.release()
@@ -468,21 +515,25 @@ class Broker:
     def _ready_channel(self) -> amqp.Channel:
         if self._pid != os.getpid():
             self._forget_inherited()
-        if self._conn is not None and time.monotonic() - self._last_used > _PROBE_AFTER_IDLE:
+        if self._amqp is not None and time.monotonic() - self._last_used > _PROBE_AFTER_IDLE:
             try:
-                _drain_nowait(self._conn.connection)  # connected: never reconnects here
+                _drain_nowait(self._amqp)
             except Exception as exc:
                 log.info("RabbitMQ connection was dropped while idle (%s)", exc)
                 self._discard_connection()
-        if self._conn is None:
+        if self._amqp is None:
             self._conn = self._connect()
+            self._amqp = self._conn.connection
         if self._channel is None or not self._channel.is_open:
-            self._channel = self._conn.channel()
+            self._channel = self._amqp.channel()
         return self._channel
 
     def _connect(self) -> kombu.Connection:
         conn = kombu.Connection(
-            self.url, heartbeat=self.heartbeat, connect_timeout=self.connect_timeout
+            self.url,
+            heartbeat=self.heartbeat,
+            connect_timeout=self.connect_timeout,
+            transport_options={"read_timeout": self.io_timeout, "write_timeout": self.io_timeout},
         )
         try:
             # One attempt per failover URL, no sleeping in between.
@@ -508,7 +559,7 @@ class Broker:
                 self._discard_connection()
 
     def _discard_connection(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
+        conn, self._conn, self._amqp, self._channel = self._conn, None, None, None
         if conn is not None:
             # No close handshake: the connection is broken or suspect.
             conn.collect()
@@ -517,19 +568,23 @@ class Broker:
         # Forked: the connection belongs to the parent. Closing it (even a
         # socket shutdown) would cut the parent off, so only drop references;
         # garbage collection closes this process's copy of the descriptor.
-        self._conn = None
-        self._channel = None
+        self._conn = self._amqp = self._channel = None
         self._lock = threading.RLock()
         self._pid = os.getpid()
 
 
-_brokers: dict[tuple[str, float, float], Broker] = {}
+_brokers: dict[tuple[str, float, float, float], Broker] = {}
 _brokers_lock = threading.Lock()
 
 
 def get_broker(settings: Settings) -> Broker:
     """This process's `Broker` for the settings' URL and connection options."""
-    key = (settings.broker_url, settings.heartbeat, settings.connect_timeout)
+    key = (
+        settings.broker_url,
+        settings.heartbeat,
+        settings.connect_timeout,
+        settings.confirm_timeout,
+    )
     broker = _brokers.get(key)
     if broker is None:
         with _brokers_lock:
@@ -539,6 +594,7 @@ def get_broker(settings: Settings) -> Broker:
                     settings.broker_url,
                     heartbeat=settings.heartbeat,
                     connect_timeout=settings.connect_timeout,
+                    io_timeout=settings.confirm_timeout,
                 )
     return broker
 

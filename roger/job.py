@@ -114,11 +114,11 @@ class Job:
         """The queue of the partition this job goes to by default."""
         return "default"
 
-    def queue_key(self, args: Any) -> str | None:  # type: ignore[no-redef]
+    def queue_key(self, args: Any) -> str | None:
         """A key unique while queued or running (a second enqueue fails), or None."""
         return None
 
-    def execution_key(self, args: Any) -> str | None:  # type: ignore[no-redef]
+    def execution_key(self, args: Any) -> str | None:
         """A key that runs one job at a time across the cluster, or None."""
         return None
 

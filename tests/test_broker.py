@@ -255,6 +255,28 @@ def test_settle_channel_survives_a_channel_error(partition, rabbit, settings):
     assert [m.body for m in drain(rabbit, f"{partition}-default.rejected")] == [b"1", b"2"]
 
 
+def test_publishing_from_a_callback_while_waiting_for_confirms(partition, rabbit, settings):
+    # A consumer callback dispatched during one settle's wait may settle another.
+    with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
+        conn.connect()
+        channel = conn.channel()
+        broker.declare_queues(channel, settings, partition, "default")
+        target = broker.rejected_queue_name(partition, "default")
+        nested = []
+
+        def on_ack(tag, multiple):
+            if not nested:
+                nested.append(tag)
+                broker.publish_confirmed(channel, [broker.Outgoing(target, b"inner")], 5)
+
+        channel.confirm_select()
+        channel.events["basic_ack"].add(on_ack)
+        broker.publish_confirmed(channel, [broker.Outgoing(target, b"outer")], 5)
+        broker.publish_confirmed(channel, [broker.Outgoing(target, b"after")], 5)
+
+    assert [m.body for m in drain(rabbit, target)] == [b"outer", b"inner", b"after"]
+
+
 def test_purge_empties_the_queue_and_its_retries(partition, rabbit, settings):
     roger.enqueue_many([Ping.create({}) for _ in range(4)], partition)
     channel = rabbit.channel()

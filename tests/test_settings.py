@@ -39,6 +39,13 @@ def test_defaults():
     assert s.control_socket == s.state_dir / f"{s.node_name}.sock"
 
 
+def test_control_socket_follows_state_dir_and_node_name(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROGER_STATE_DIR", str(tmp_path / "run"))
+    s = Settings(node_name="node1")
+    assert s.control_socket == tmp_path / "run" / "node1.sock"
+    assert Settings(control_socket=tmp_path / "x.sock").control_socket == tmp_path / "x.sock"
+
+
 def test_precedence_flags_over_env_over_file_over_defaults(monkeypatch, tmp_path):
     write_toml(
         tmp_path / "roger.toml",
