@@ -130,7 +130,8 @@ def _run_node(partition, tmp_path, *extra, env_extra=None):
     env = dict(os.environ, PYTHONPATH=str(TESTS), ROGER_BROKER_URL=BROKER,
                ROGER_IMPORTS='["testjobs"]', ROGER_SHUTDOWN_TIMEOUT="5",
                ROGER_STATE_DIR=str(tmp_path / "state"),
-               ROGER_PARTITIONS=f'{{"{partition}": {{"default": 2}}}}', **(env_extra or {}))
+               ROGER_PARTITIONS=f'{{"{partition}": {{"default": 2}}}}')
+    env.update(env_extra or {})
     return subprocess.Popen([sys.executable, "-m", "roger.supervisor", *extra], env=env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -176,3 +177,54 @@ def test_invalid_settings_fail_at_start_naming_the_field(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "partitions" in done.stderr
+
+
+def test_a_second_signal_cuts_the_shutdown_wait_and_requeues(partition, make_settings,
+                                                             tmp_path, out):
+    make_settings()
+    proc = _run_node(partition, tmp_path, env_extra={"ROGER_SHUTDOWN_TIMEOUT": "60"})
+    try:
+        Record.create({"out": out, "sleep": 60}).enqueue(partition)
+        wait_for(lambda: read(out), what="job start")
+        tree = _descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: stop consuming, wait for the job...
+        _wait_for_line(proc, "stopping: 1 jobs running")
+        proc.send_signal(signal.SIGINT)  # ...and again: do not wait
+        proc.communicate(timeout=20)  # far below the 60 s shutdown_timeout
+    finally:
+        proc.kill()
+    assert ends(out) == []
+    assert not [p for p in tree if _alive(p)]
+    wait_for(lambda: queue_depth(f"{partition}-default") == 1, what="job requeued")
+
+
+def _wait_for_line(proc, text, timeout=15.0):
+    """Read the node's log until `text` shows up (what an operator would watch for)."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        if sel.select(deadline - time.monotonic()):
+            line = proc.stdout.readline()
+            seen.append(line)
+            if text in line:
+                return
+            if not line:
+                break
+    raise AssertionError(f"{text!r} not logged; got:\n{''.join(seen)}")
+
+
+def test_reconfigure_keeps_jobs_in_flight(partition, make_settings, out):
+    settings = make_settings(partitions={partition: {"default": 1}})
+    with Node(settings) as node:
+        job = Record.create({"out": out, "sleep": 1.0}).enqueue(partition)
+        wait_for(lambda: read(out), what="job start")
+        node.reconfigure_partition(partition, {"default": 4})
+        node.reconfigure_partition(partition, {"default": 2})
+        wait_for(lambda: ends(out), what="job end")
+        wait_for(lambda: queue_depth(f"{partition}-default") == 0, what="ack")
+        assert queues_of(node, partition)["default"]["settled"] == 1
+    assert [e["id"] for e in ends(out)] == [job.id]
