@@ -5,8 +5,10 @@ Every supervised child gets one duplex pipe to its supervisor. On it:
 - parent to child: ``("call", req_id, payload)`` wants a reply,
   ``("cast", payload)`` does not;
 - child to parent: ``("reply", req_id, ok, value)``, ``("event", payload)``
-  (reported to the supervisor's ``on_event`` as a ``message`` event) and
-  ``("ready",)`` (the start handshake).
+  (reported to the supervisor's ``on_event`` as a ``message`` event),
+  ``("ready",)`` (the start handshake), and ``("call", req_id, payload)``:
+  a child may call its supervisor too (`parent().call(payload)`), which
+  answers as it answers calls from above (its operations, then its handler).
 
 The payloads travel over a local pipe between processes of one tree, so
 they may be any picklable object; nothing here goes on a network.

@@ -450,6 +450,14 @@ class Supervisor(SupervisorAPI):
                 return
             if msg[0] == "event":
                 self._emit("message", child, payload=msg[1])
+            elif msg[0] == "call":
+                # A child asking its supervisor: the same operations and
+                # handler as a call from above (roger's system process asks
+                # its node for status this way).
+                try:
+                    link.answer(msg, self._dispatch)
+                except SupervisorGone:
+                    pass  # it died waiting; its sentinel tells the rest
             link = child.link
 
     def _start(self, child: _Child) -> None:
