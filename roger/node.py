@@ -130,8 +130,8 @@ class Root:
     def op_status(self) -> dict:
         running: dict[str, Any] = {}
         for child in self.sup.which_children():
-            if child.state != "running":
-                continue
+            if child.state != "running" or child.id not in self.partitions:
+                continue  # the node's own processes (control, system) are not partitions
             try:
                 queues = self.sup.call_child(child.id, ("status",), 10.0)
             except Exception as e:
