@@ -37,6 +37,7 @@ import supervision
 from roger import broker, message, registry, retry
 from roger.callbacks import Callbacks
 from roger.errors import BadMessage, JobTimeout, WorkerCrashed
+from roger.global_client import GlobalClient
 from roger.pool import WorkerPool
 from roger.settings import redact_url
 from roger.worker import decide
@@ -76,6 +77,7 @@ class Consumer:
         self.drain_deadline = 0.0
         self.closing = False
         self.settled = 0
+        self.acquired: set[str] = set()  # ids of jobs holding their execution key here
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -118,6 +120,9 @@ class Consumer:
         # Settling publishes (retry, buried, rejected) are confirmed on their
         # own channel before the original delivery is acked.
         self.settle_channel = self.conn.channel()
+        self.coord = GlobalClient(self.conn, s, self.partition, self._on_broadcast,
+                                  self._on_acquired)
+        self.coord.start()
         self.last_heartbeat = time.monotonic()
 
     def _close(self) -> None:
@@ -211,12 +216,57 @@ class Consumer:
             self._reject(tag, body, props, e)
             return
         job.partition, job.queue, job.redelivered = self.partition, self.queue, redelivered
-        if self.draining or self.ctag is None or not self.pool.has_capacity():
-            self.backlog.append((tag, redelivered, body, job))
-            if self.draining:
-                self._requeue_backlog()
+        if self.draining or self.ctag is None:
+            self._reject_requeue(tag)  # in flight when we stopped consuming
             return
-        self._run(tag, redelivered, body, job)
+        if self.coord.is_cancelled(job.id):
+            self._cancelled(tag, job)
+        elif job.execution_key is not None and job.id not in self.acquired:
+            self.coord.acquire(job, (tag, redelivered, body, job))
+        else:
+            self._admit(tag, redelivered, body, job)
+
+    def _admit(self, tag: int, redelivered: bool, body: bytes, job: Any) -> None:
+        if self.pool.has_capacity() and not self.backlog:
+            self._run(tag, redelivered, body, job)
+        else:
+            self.backlog.append((tag, redelivered, body, job))
+
+    def _on_acquired(self, context: tuple, ok: bool) -> None:
+        tag, redelivered, body, job = context
+        if self.closing:
+            return
+        if self.draining:
+            if ok:
+                self.coord.release_exec(job)
+            self._reject_requeue(tag)
+            return
+        if ok:
+            self.acquired.add(job.id)
+            self._admit(tag, redelivered, body, job)
+        else:
+            # Another job holds the key: wait in line (FIFO) in its waiting queue.
+            log.info("[%s] job %s waits for execution key %s", self.tag, job.id,
+                     job.execution_key)
+            self.coord.park(job, body, self.queue)
+            self.channel.basic_ack(tag)
+
+    def _on_broadcast(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "cancel":
+            for entry in self.inflight.values():
+                if entry.job.id == event["job_id"] and entry.kill_reason is None:
+                    entry.kill_reason = "cancelled"
+                    log.info("[%s] job %s cancelled while running; killing its worker",
+                             self.tag, entry.job.id)
+                    self.pool.kill(entry.slot_id)
+                    break
+        elif kind in ("pause", "resume") and event.get("queue") == self.queue:
+            if kind == "pause":
+                self._unsubscribe()
+            else:
+                self._subscribe()
+            log.info("[%s] %sd", self.tag, kind)
 
     def _run(self, tag: int, redelivered: bool, body: bytes, job: Any) -> None:
         slot = self.pool.dispatch(tag, redelivered, body)
@@ -228,7 +278,11 @@ class Consumer:
 
     def _dispatch_backlog(self) -> None:
         while self.backlog and not self.draining and self.pool.has_capacity():
-            self._run(*self.backlog.popleft())
+            tag, redelivered, body, job = self.backlog.popleft()
+            if self.coord.is_cancelled(job.id):
+                self._cancelled(tag, job)
+            else:
+                self._run(tag, redelivered, body, job)
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -259,6 +313,9 @@ class Consumer:
             self._reject_requeue(tag)
             return
         job = entry.job
+        if entry.kill_reason == "cancelled":
+            self._cancelled(tag, job)
+            return
         if entry.kill_reason == "timeout":
             error: Exception = JobTimeout(
                 f"job ran longer than max_execution_time={job.max_execution_time} s")
@@ -282,8 +339,20 @@ class Consumer:
             retry.publish_retry(self.settle_channel, self.settings, job, error or "")
         elif disposition == "bury":
             retry.publish_buried(self.settle_channel, self.settings, job, reason, error or "")
+        # Keys are released before the ack: a crash in between runs the job
+        # again (at least once) rather than leaving a key taken forever.
+        if job.queue_key is not None and disposition != "retry":
+            self.coord.release_queue_key(job)
+        if job.id in self.acquired:
+            self.acquired.discard(job.id)
+            self.coord.release_exec(job)
         self.channel.basic_ack(tag)
         self.settled += 1
+
+    def _cancelled(self, tag: int, job: Any) -> None:
+        log.info("[%s] job %s (%s) cancelled", self.tag, job.id, job.name)
+        self.callbacks.call("on_cancel", self.partition, job)
+        self._settle(tag, job, "cancelled", None)
 
     def _reject(self, tag: int, body: bytes, props: dict, error: BadMessage) -> None:
         log.error("[%s] message %s rejected (%s): %s", self.tag, props.get("message_id", "?"),
@@ -305,7 +374,8 @@ class Consumer:
     # ------------------------------------------------------------ subscription
 
     def _subscribe(self) -> None:
-        if self.workers > 0 and self.ctag is None and not self.draining:
+        if (self.workers > 0 and self.ctag is None and not self.draining
+                and self.queue not in self.coord.paused):
             self.channel.basic_qos(0, self.workers, False)
             self.ctag = self.channel.basic_consume(self.qname, callback=self._on_delivery)
 
@@ -366,16 +436,21 @@ class Consumer:
 
     def status(self) -> dict:
         running = self.pool.running()
+        declared = self.channel.queue_declare(self.qname, passive=True)
         return {
             "queue": self.queue,
             "max_workers": self.workers,
             "consuming": self.ctag is not None,
+            "paused": self.queue in self.coord.paused,
+            "message_count": declared.message_count,
+            "consumer_count": declared.consumer_count,
             "pid": os.getpid(),
             "workers": sorted(s.pid for s in self.pool.slots.values()),
             "settled": self.settled,
             "running": [
-                {"id": e.job.id, "name": e.job.name, "worker_pid": running[t].pid
-                 if t in running else None, "started_at": e.job.started_at}
+                {"id": e.job.id, "name": e.job.name, "started_at": e.job.started_at,
+                 "worker_pid": running[t].pid if t in running else None,
+                 "record": message.encode(e.job).decode()}
                 for t, e in self.inflight.items()
             ],
         }

@@ -1,7 +1,8 @@
 """A partition: one supervisor process with one consumer per queue.
 
-Its children are the queues' consumers (one_for_one: a crashing consumer
-never disturbs its siblings). It answers its node's requests to reconfigure
+Its children are the partition's coordinator (see `roger.global_state`)
+and the queues' consumers (one_for_one: a crashing consumer never disturbs
+its siblings). It answers its node's requests to reconfigure
 its queues and to report status. Its queue dict is shared with the consumer
 specs, so a consumer restarted after a reconfiguration comes back with its
 current worker count, not the one it first started with.
@@ -13,9 +14,12 @@ import logging
 from typing import Any
 
 from roger.consumer import run_consumer
+from roger.global_state import run_coordinator
 from supervision import ChildSpec, Supervisor, SupervisorGone
 
 log = logging.getLogger("roger.partition")
+
+COORDINATOR = "roger.global"  # queue names have no dot: no clash with a consumer's id
 
 # A consumer that keeps crashing (say, its queue cannot be declared) makes
 # its partition give up after this many restarts; the node then lists the
@@ -35,6 +39,14 @@ def consumer_spec(partition: str, queue: str, queues: dict[str, int], settings: 
     )
 
 
+def coordinator_spec(partition: str, settings: Any) -> ChildSpec:
+    # First child: on a fresh cluster, this node's coordinator is subscribed
+    # (and so can answer) before its consumers ask for the partition's state.
+    return ChildSpec(COORDINATOR, run_coordinator, args=(partition, settings),
+                     notify_ready=True, start_timeout=2 * settings.connect_timeout + 10.0,
+                     shutdown=5.0)
+
+
 def _start_consumer(partition: str, queue: str, queues: dict[str, int], settings: Any) -> None:
     run_consumer(partition, queue, queues[queue], settings)
 
@@ -43,7 +55,8 @@ def run_partition(name: str, partitions: dict[str, dict[str, int]], settings: An
     """Partition supervisor process main."""
     queues = dict(partitions[name])
     sup = Supervisor(
-        [consumer_spec(name, q, queues, settings) for q in queues],
+        [coordinator_spec(name, settings),
+         *(consumer_spec(name, q, queues, settings) for q in queues)],
         strategy="one_for_one", intensity=INTENSITY, period=PERIOD,
         name=f"partition {name}",
         handler=lambda s, payload: _handle(s, name, queues, settings, payload),
@@ -95,6 +108,8 @@ def status(sup: Supervisor, queues: dict[str, int]) -> dict:
     """{queue: consumer status} for the queues of this partition."""
     out: dict[str, Any] = {}
     for child in sup.which_children():
+        if child.id not in queues:
+            continue
         if child.state != "running":
             out[child.id] = {"queue": child.id, "max_workers": queues.get(child.id),
                              "consuming": False, "pid": None, "restarts": child.restarts}

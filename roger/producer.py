@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from roger import broker, config, message
+from roger import broker, config, coordination, message
 from roger.broker import Outgoing, Unroutable
 from roger.settings import check_partition_name, check_queue_name
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from roger.job import Job
     from roger.settings import Settings
 
-__all__ = ["claim_queue_keys", "enqueue_many"]
+__all__ = ["enqueue_many"]
 
 
 def enqueue_many(
@@ -46,7 +46,18 @@ def enqueue_many(
     if not jobs:
         return jobs
 
-    claim_queue_keys(settings, partition, jobs)
+    # Test-and-set with the partition's coordinator: one round trip per
+    # batch, and none at all when no job has a queue_key.
+    coordination.claim_queue_keys(settings, partition, jobs)
+    try:
+        _publish(settings, partition, jobs, targets)
+    except BaseException:
+        coordination.release_queue_keys(settings, partition, jobs)
+        raise
+    return jobs
+
+
+def _publish(settings: Settings, partition: str, jobs: list[Job], targets: list[str]) -> None:
 
     now = int(time.time() * 1000)
     items = []
@@ -76,15 +87,5 @@ def enqueue_many(
     for job, target in zip(jobs, targets, strict=True):
         job.partition = partition
         job.queue = target
-    return jobs
 
 
-def claim_queue_keys(settings: Settings, partition: str, jobs: list[Job]) -> None:
-    """Reserve the `queue_key` of each job, cluster-wide; raise `DuplicateJob` on a clash.
-
-    The single seam for queue-key uniqueness. Not enforced yet: it will
-    test-and-set the keys with the partition's global coordinator (one round
-    trip per batch, none for jobs without a key) before anything is
-    published.
-    """
-    return None

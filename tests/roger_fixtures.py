@@ -38,12 +38,18 @@ def queue_names(partition: str, queues: list[str], levels: list[int]) -> list[st
     return names
 
 
-def delete_queues(names: list[str]) -> None:
+def delete_queues(names: list[str], exchanges: list[str] = ()) -> None:
     with kombu.Connection(BROKER) as conn:
         for name in names:
             ch = conn.channel()
             with suppress(Exception):
                 ch.queue_delete(name)
+            with suppress(Exception):
+                ch.close()
+        for name in exchanges:
+            ch = conn.channel()
+            with suppress(Exception):
+                ch.exchange_delete(name)
             with suppress(Exception):
                 ch.close()
 
@@ -59,7 +65,14 @@ def partition(request):
     """A fresh partition name; its queues are deleted afterwards."""
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
-    delete_queues(queue_names(name, ["default", "other", "q1", "q2"], [1, 2, 3]))
+    delete_partition(name)
+
+
+def delete_partition(name: str) -> None:
+    """Every queue and exchange a test partition may have made."""
+    delete_queues(queue_names(name, ["default", "other", "q1", "q2"], [1, 2, 3])
+                  + [f"{name}.global"] + [f"{name}-execution-waiting-{k}" for k in "abc"],
+                  [f"roger.{name}.events"])
 
 
 @pytest.fixture

@@ -1,0 +1,98 @@
+"""Asking a partition's coordinator: queue keys, cancellation, pause and resume.
+
+These are the cluster-wide operations: whichever node's coordinator is
+active for the partition answers (see `roger.global_state`). Plain jobs
+(no keys) never come here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from roger import broker, config, rpc
+from roger.errors import BrokerError, DuplicateJob
+from roger.global_state import declare_global, global_queue_name
+from roger.settings import check_partition_name, check_queue_name
+
+if TYPE_CHECKING:
+    from roger.job import Job
+    from roger.settings import Settings
+
+__all__ = ["cancel", "pause", "resume"]
+
+
+def request(settings: Settings, partition: str, body: dict, timeout: float | None = None
+            ) -> dict:
+    """One call to the partition's active coordinator; raises BrokerError when none answers."""
+    with broker.get_broker(settings).channel() as channel:
+        declare_global(channel, settings, partition)
+        reply = rpc.call(channel, global_queue_name(partition), body,
+                         timeout or settings.confirm_timeout)
+    return reply
+
+
+def _checked(settings: Settings, partition: str, body: dict) -> dict:
+    reply = request(settings, partition, body)
+    if not reply.get("ok"):
+        raise BrokerError(f"coordinator of {partition!r} refused {body['op']}: "
+                          f"{reply.get('error', reply)}")
+    return reply
+
+
+def claim_queue_keys(settings: Settings, partition: str, jobs: list[Job]) -> None:
+    """Reserve each job's `queue_key` cluster-wide, all or none; `DuplicateJob` on a clash."""
+    pairs = [(job.queue_key, job.id) for job in jobs if job.queue_key is not None]
+    if not pairs:
+        return
+    reply = request(settings, partition, {"op": "claim", "keys": pairs})
+    if not reply.get("ok"):
+        if "duplicates" in reply:
+            raise DuplicateJob(f"partition {partition!r}: a job with queue_key "
+                               f"{', '.join(map(repr, reply['duplicates']))} is already "
+                               "queued or running")
+        raise BrokerError(f"coordinator of {partition!r} refused the claim: {reply}")
+
+
+def release_queue_keys(settings: Settings, partition: str, jobs: list[Job]) -> None:
+    """Give keys back (after a claim whose publish failed)."""
+    for job in jobs:
+        if job.queue_key is not None:
+            request(settings, partition, {"op": "release", "key": job.queue_key,
+                                          "job_id": job.id})
+
+
+def cancel(partition: str, job_id: str, *, settings: Settings | None = None) -> None:
+    """Cancel a job wherever it is: skipped when dequeued, or its worker killed if running.
+
+    ``on_cancel`` fires exactly once, on the node that finds the job. Cancelling
+    a job that already finished does nothing. The cancellation is remembered
+    for 24 hours (a job still queued after that runs).
+
+    >>> roger.cancel("myapp", job.id)
+    """
+    settings = settings or config.get_settings()
+    check_partition_name(partition)
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+    _checked(settings, partition, {"op": "cancel", "job_id": job_id})
+
+
+def pause(partition: str, queue: str, *, settings: Settings | None = None) -> None:
+    """Stop consuming `queue` of `partition` on every node, until `resume`.
+
+    Running jobs finish. The pause survives partition restarts,
+    reconfiguration and restarts of every node.
+    """
+    _pause_or_resume("pause", partition, queue, settings)
+
+
+def resume(partition: str, queue: str, *, settings: Settings | None = None) -> None:
+    """Consume `queue` of `partition` again on every node."""
+    _pause_or_resume("resume", partition, queue, settings)
+
+
+def _pause_or_resume(op: str, partition: str, queue: str, settings: Any) -> None:
+    settings = settings or config.get_settings()
+    check_partition_name(partition)
+    check_queue_name(queue)
+    _checked(settings, partition, {"op": op, "queue": queue})

@@ -1,0 +1,108 @@
+"""A consumer's side of its partition's global state.
+
+On the consumer's own AMQP connection: it fetches the state it needs at
+start (paused queues, cancelled job ids), then follows the partition's
+event broadcasts (cancel, pause, resume) through an exclusive queue bound
+to the partition's fanout exchange. Keyed jobs talk to the coordinator:
+execution keys are acquired asynchronously (the reply arrives like any
+other delivery, so the consumer's loop never blocks on it) and keys are
+released with persistent, confirmed notices, which the coordinator acks
+only once applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import amqp
+
+from roger import broker, rpc
+from roger.global_state import (
+    WAITING_HEADER,
+    declare_global,
+    declare_waiting,
+    events_exchange_name,
+    global_queue_name,
+)
+
+log = logging.getLogger("roger.consumer")
+
+STATE_TIMEOUT = 10.0  # seconds to get the state at start; no coordinator -> no start
+
+
+class GlobalClient:
+    def __init__(self, conn: Any, settings: Any, partition: str,
+                 on_event: Callable[[dict], None],
+                 on_acquired: Callable[[Any, bool], None]) -> None:
+        self.settings, self.partition = settings, partition
+        self.on_event, self.on_acquired = on_event, on_acquired
+        self.queue = global_queue_name(partition)
+        self.channel = conn.channel()
+        self.confirm_channel = conn.channel()  # publish_confirmed owns its channel
+        declare_global(self.channel, settings, partition)
+        self.pending: dict[str, Any] = {}  # correlation id -> job awaiting acquire
+        self.cancelled: dict[str, float] = {}
+        self.paused: set[str] = set()
+
+    def start(self) -> None:
+        """Subscribe to broadcasts, then fetch the state (so nothing falls in between)."""
+        q = self.channel.queue_declare("", exclusive=True, auto_delete=True).queue
+        self.channel.queue_bind(q, events_exchange_name(self.settings, self.partition))
+        self.channel.basic_consume(q, callback=self._on_broadcast, no_ack=True)
+        state = rpc.call(self.channel, self.queue, {"op": "state"}, STATE_TIMEOUT)
+        self.paused = set(state.get("paused", []))
+        until = time.time() + 24 * 3600
+        self.cancelled = {j: until for j in state.get("cancelled", [])}
+        self.replies = rpc.Replies(self.channel, self._on_reply)
+
+    def _on_broadcast(self, msg: amqp.Message) -> None:
+        try:
+            event = json.loads(msg.body)
+        except ValueError:
+            return
+        if event.get("type") == "cancel":
+            self.cancelled[event["job_id"]] = time.time() + 24 * 3600
+        elif event.get("type") == "pause":
+            self.paused.add(event["queue"])
+        elif event.get("type") == "resume":
+            self.paused.discard(event["queue"])
+        self.on_event(event)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self.cancelled
+
+    # ------------------------------------------------------------ execution keys
+
+    def acquire(self, job: Any, context: Any) -> None:
+        """Ask for `job.execution_key`; `on_acquired(context, ok)` follows when it answers."""
+        corr = self.replies.send("", self.queue, {"op": "acquire", "key": job.execution_key,
+                                                  "job_id": job.id})
+        self.pending[corr] = context
+
+    def _on_reply(self, corr: str, body: dict) -> None:
+        context = self.pending.pop(corr, None)
+        if context is not None:
+            self.on_acquired(context, bool(body.get("ok")))
+
+    def park(self, job: Any, body: bytes, queue: str) -> None:
+        """Queue `job` FIFO in its key's waiting queue and tell the coordinator."""
+        waiting = declare_waiting(self.channel, self.partition, job.execution_key)
+        broker.publish_confirmed(self.confirm_channel, [broker.Outgoing(
+            waiting, body, {WAITING_HEADER: queue}, job.id)], self.settings.confirm_timeout)
+        self._notify({"op": "parked", "key": job.execution_key})
+
+    def release_exec(self, job: Any) -> None:
+        self._notify({"op": "release_exec", "key": job.execution_key, "job_id": job.id})
+
+    def release_queue_key(self, job: Any) -> None:
+        self._notify({"op": "release", "key": job.queue_key, "job_id": job.id})
+
+    def _notify(self, request: dict) -> None:
+        # Persistent and confirmed: a release must survive a broker restart,
+        # or the key would stay taken.
+        broker.publish_confirmed(self.confirm_channel, [broker.Outgoing(
+            self.queue, json.dumps(request).encode())], self.settings.confirm_timeout)
