@@ -1,0 +1,28 @@
+"""roger's benchmark jobs (the node imports this module: ``imports=["benchmarks.jobs"]``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import roger
+from benchmarks.record import record
+
+
+class NoOp(roger.Job):
+    """Does nothing but prove it ran (throughput)."""
+
+    name = "bench:NoOp"
+
+    def perform(self, args: dict[str, Any]) -> None:
+        record(args["out"], args["i"])
+
+
+class Latency(roger.Job):
+    """Records how long after its enqueue call it started (latency)."""
+
+    name = "bench:Latency"
+
+    def perform(self, args: dict[str, Any]) -> None:
+        started = time.time()
+        record(args["out"], args["i"], started - args["t"])

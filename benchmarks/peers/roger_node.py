@@ -1,0 +1,46 @@
+"""Run one roger node for the driver: ``python -m benchmarks.peers.roger_node SETTINGS_JSON``.
+
+Starts ``roger.Node(settings)`` (which returns once every configured
+partition consumes), prints one JSON line ``{"root": pid, "start": t,
+"ready": t}`` (wall-clock seconds), then serves until its stdin closes
+(or SIGTERM) and stops the node gracefully.
+
+The node runs in a fresh interpreter, as a user's would, rather than forked
+from the driver: the driver has Celery and Dramatiq imported, and the
+scale benchmark measures the node's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+
+import roger
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    settings = roger.Settings(**json.loads(argv[1]))
+    signal.signal(signal.SIGTERM, _graceful)
+    start = time.time()
+    node = roger.Node(settings).start()
+    ready = time.time()
+    print(json.dumps({"root": node.pid, "start": start, "ready": ready}), flush=True)
+    try:
+        while sys.stdin.buffer.read1(4096):
+            pass
+    finally:
+        node.stop(timeout=30)
+    return 0
+
+
+def _graceful(signum: int, frame: object) -> None:
+    # SIGTERM (from the driver's cleanup) stops the node gracefully, like EOF.
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

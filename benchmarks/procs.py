@@ -1,0 +1,184 @@
+"""Processes under test: start them, find their trees in /proc, measure them, end them.
+
+Every system under test runs in a subprocess started here, in its own
+session, and `Spawned.stop` always ends it and everything it forked:
+roger's supervisors give each child its own process group, so killing a
+group is not enough; the whole tree is found by parent pid and killed.
+Waits are bounded everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from benchmarks.common import ROOT, BenchError
+
+PAGE_KB = 1024
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of `pid`, or None if it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: split after it.
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return None  # dead, only waiting to be reaped
+    return int(fields[1]), int(fields[19])
+
+
+def tree(root: int) -> dict[int, int]:
+    """`root` and all its descendants: pid -> start time (to recognise reused pids)."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                parents.setdefault(st[0], []).append(int(entry))
+                starts[int(entry)] = st[1]
+    if root not in starts:
+        return {}
+    found, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in starts:
+            found[pid] = starts[pid]
+            todo.extend(parents.get(pid, ()))
+    return found
+
+
+def memory(pids: Sequence[int]) -> dict[str, float]:
+    """Summed USS, PSS and RSS in MiB of `pids`, from /proc/PID/smaps_rollup.
+
+    USS is what the processes alone hold (private pages: freed if they
+    exited); PSS also charges each its share of pages shared with others.
+    """
+    total = {"uss": 0, "pss": 0, "rss": 0}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue  # gone meanwhile
+        for line in lines:
+            key, _, rest = line.partition(":")
+            kb = int(rest.split()[0]) if rest.strip() and rest.split()[0].isdigit() else 0
+            if key in ("Private_Clean", "Private_Dirty", "Private_Hugetlb"):
+                total["uss"] += kb
+            elif key == "Pss":
+                total["pss"] += kb
+            elif key == "Rss":
+                total["rss"] += kb
+    return {k: v / PAGE_KB for k, v in total.items()}
+
+
+def _kill(pids: dict[int, int], sig: int) -> None:
+    for pid, start in pids.items():
+        st = _stat(pid)
+        if st is not None and st[1] == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+class Spawned:
+    """A system under test running in a subprocess (its own session), with cleanup."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None,
+                 stdin: bool = False, log: str | None = None) -> None:
+        full_env = dict(os.environ)
+        # Peers import `benchmarks.*` modules: the repository must be importable.
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), *filter(None, [full_env.get("PYTHONPATH")])])
+        full_env.update(env or {})
+        self.argv = list(argv)
+        self.log_path = log
+        self._log: IO[Any] | None = open(log, "ab") if log else None  # noqa: SIM115
+        self.started = time.time()
+        self.popen = subprocess.Popen(
+            self.argv, cwd=ROOT, env=full_env, start_new_session=True,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=self._log or subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def read_line(self, timeout: float) -> str:
+        """One line of the process's stdout, waiting at most `timeout` seconds."""
+        out = self.popen.stdout
+        assert out is not None
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([out], [], [], left)[0]:
+                raise BenchError(f"{self.argv[0]} said nothing within {timeout:g} s"
+                                 f"{self._tail()}")
+            chunk = os.read(out.fileno(), 1)
+            if not chunk:
+                raise BenchError(f"{self.argv[0]} exited with {self.popen.wait(5)}{self._tail()}")
+            buf += chunk
+        return buf.decode()
+
+    def _tail(self) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            with open(self.log_path, "rb") as f:
+                return "; log tail: " + f.read()[-600:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        """End the process and every process it forked; returns within about grace + 10 s."""
+        procs = tree(self.pid)
+        try:
+            if self.popen.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.popen.stdin.close()  # the roger runner stops its node on EOF
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace)
+        finally:
+            procs.update(tree(self.pid))  # forked since the first look
+            _kill(procs, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(5)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(
+                    (st := _stat(p)) is not None and st[1] == s for p, s in procs.items()):
+                time.sleep(0.05)
+            if self.popen.stdout is not None:
+                self.popen.stdout.close()
+            if self._log is not None:
+                self._log.close()
+
+
+def python(*args: str) -> list[str]:
+    """argv running this interpreter (the venv's) with `args`."""
+    return [sys.executable, *args]
+
+
+def venv_script(name: str) -> str:
+    """A console script installed next to this interpreter (celery, dramatiq)."""
+    return os.path.join(os.path.dirname(sys.executable), name)

@@ -1,0 +1,95 @@
+"""Tables: what a benchmark measured, as markdown for the terminal and RESULTS.md."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+from benchmarks.common import Samples, Summary
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    header: str
+    fmt: str = "{:,.0f}"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """num/den of `metric`, paired per repeat; `target` is the issue's goal, if any."""
+
+    num: str
+    den: str
+    metric: str
+    target: float | None = None
+
+
+@dataclass
+class Section:
+    """One benchmark's results."""
+
+    name: str
+    title: str
+    samples: Samples
+    metrics: list[Metric]
+    ratios: list[Ratio] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # more markdown, after the tables
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", ""]
+        lines += [f"- {note}" for note in self.notes]
+        if self.notes:
+            lines.append("")
+        lines += figures_table(self.samples, self.metrics)
+        if self.ratios:
+            lines += ["", *ratios_table(self.samples, self.ratios, self.metrics)]
+        if self.samples.errors:
+            lines += ["", "Failed runs (left out of the figures):", ""]
+            for system, errors in self.samples.errors.items():
+                lines += [f"- {system}: {e}" for e in errors]
+        if self.extra:
+            lines += ["", *self.extra]
+        return "\n".join(lines) + "\n"
+
+
+def cell(summary: Summary | None, fmt: str) -> str:
+    """``median (min-max)``; a single sample stands alone."""
+    if summary is None:
+        return "-"
+    if any(math.isnan(v) for v in (summary.median, summary.low, summary.high)):
+        return "n/a"
+    if summary.n == 1:
+        return fmt.format(summary.median)
+    return f"{fmt.format(summary.median)} ({fmt.format(summary.low)}-{fmt.format(summary.high)})"
+
+
+def figures_table(samples: Samples, metrics: list[Metric]) -> list[str]:
+    lines = ["| system | " + " | ".join(m.header for m in metrics) + " | runs |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for system in samples.values:
+        cells = [cell(Summary.of(samples.get(system, m.key)), m.fmt) for m in metrics]
+        runs = max((len(samples.get(system, m.key)) for m in metrics), default=0)
+        lines.append(f"| {system} | " + " | ".join(cells) + f" | {runs} |")
+    return lines
+
+
+def ratios_table(samples: Samples, ratios: list[Ratio], metrics: list[Metric]) -> list[str]:
+    headers = {m.key: m.header for m in metrics}
+    lines = ["| ratio | figure | median (min-max) | target | met |", "|---|---|---|---|---|"]
+    for r in ratios:
+        summary = Summary.of(samples.ratios(r.num, r.den, r.metric))
+        target = f">= {r.target:g}" if r.target is not None else ""
+        met = ""
+        if r.target is not None and summary is not None:
+            met = "yes" if summary.median >= r.target else "no"
+        lines.append(f"| {r.num} / {r.den} | {headers.get(r.metric, r.metric)} | "
+                     f"{cell(summary, '{:.2f}')} | {target} | {met} |")
+    return lines
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr (stdout gets the tables)."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,104 @@
+"""The benchmark suite's command line: ``python -m benchmarks [--quick] [BENCHMARK ...]``.
+
+Also runs as ``python benchmarks/run.py``. Prints each benchmark's table as
+it finishes and writes them all, with the date, versions and machine, to a
+markdown file (``benchmarks/RESULTS.md`` for a full run of everything,
+``benchmarks/results-latest.md`` otherwise, so that a quick or partial run
+never overwrites the committed full results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import rabbit, sysinfo  # noqa: E402
+from benchmarks.common import HERE, Config  # noqa: E402
+from benchmarks.report import Section, progress  # noqa: E402
+
+BENCHMARKS = ("throughput", "enqueue", "latency", "scale")
+PROFILE_NOTES = HERE / "PROFILE.md"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="roger side by side with Celery, Dramatiq and raw kombu, on one RabbitMQ.")
+    parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
+                        help=f"which to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and 2 repeats: about a minute in all")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs of each system (default: 3, quick: 2)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="markdown file to write (default: see above)")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the workers' logs and record files (printed path)")
+    args = parser.parse_args(argv)
+    unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    chosen = list(dict.fromkeys(args.benchmarks)) or list(BENCHMARKS)
+    cfg = Config.make(args.quick, args.repeat)
+    complete = not args.quick and chosen == list(BENCHMARKS)
+    output = args.output or HERE / ("RESULTS.md" if complete else "results-latest.md")
+    header = sysinfo.describe(cfg.broker_url)
+    progress("\n".join(header))
+    workdir = tempfile.mkdtemp(prefix="roger-bench-")
+    sections: list[Section] = []
+    started = time.monotonic()
+    try:
+        for name in chosen:
+            module = importlib.import_module(f"benchmarks.{name}")
+            section = module.run(cfg, workdir)
+            sections.append(section)
+            print(section.markdown(), flush=True)
+    finally:
+        with rabbit.suppress_errors():
+            left = rabbit.sweep(cfg.broker_url, cfg.name())
+            if left:
+                progress(f"deleted {left} leftover queues/exchanges")
+        if args.keep_logs:
+            progress(f"logs and records kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    text = render(cfg, header, sections, elapsed)
+    output.write_text(text)
+    progress(f"wrote {os.path.relpath(output)} ({elapsed:.0f} s)")
+    return 1 if any(s.samples.errors for s in sections) else 0
+
+
+def render(cfg: Config, header: list[str], sections: list[Section], elapsed: float) -> str:
+    mode = "quick" if cfg.quick else "full"
+    lines = [
+        "# roger benchmarks", "",
+        f"Produced by `python -m benchmarks{' --quick' if cfg.quick else ''}` ({mode} mode, "
+        f"{cfg.repeat} runs of each system, interleaved; {elapsed / 60:.1f} minutes). "
+        "Figures are medians with the (min-max) over the runs; a ratio is taken within each "
+        "run (systems of one run are minutes apart at most) and then summarised the same way. "
+        "Compare ratios, not absolute figures: the machine is shared and noisy.", "",
+        *header, f"- Load average at the end: {sysinfo.load()}", "",
+    ]
+    text = "\n".join(lines) + "\n" + "\n".join(s.markdown() for s in sections)
+    if PROFILE_NOTES.exists():
+        text += "\n" + PROFILE_NOTES.read_text()
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The systems under test, behind one small interface.
+
+A `System` owns one run's queue(s): it enqueues jobs the way its users
+would, starts its workers as a subprocess (`benchmarks.procs.Spawned`),
+and deletes everything it declared. The benchmarks (throughput, latency,
+scale) are written once against this interface, so every system gets the
+same workload, the same completion check and the same clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from benchmarks import rabbit
+from benchmarks.common import Config
+from benchmarks.procs import Spawned, python, venv_script
+
+Kind = Literal["noop", "latency"]
+BATCH = 1000  # roger.enqueue_many batch size when filling a queue
+
+
+class System:
+    """One system, one run: `enqueue_all` or `send`, then `start`, always `cleanup`."""
+
+    label: str = "?"
+
+    def __init__(self, cfg: Config, tag: str) -> None:
+        self.cfg = cfg
+        self.url = cfg.broker_url
+        self.marker = cfg.name(tag)  # every name this run declares contains it
+        self.proc: Spawned | None = None
+        self.ready_info: dict[str, float] = {}
+
+    def queue_names(self) -> list[str]:
+        """The main queue(s) jobs go to (to check their depth)."""
+        raise NotImplementedError
+
+    def enqueue_all(self, bodies: Sequence[dict], kind: Kind = "noop") -> None:
+        """Fill the queue(s) as fast as this system's users would."""
+        for body in bodies:
+            self.send(body, kind)
+
+    def send(self, body: dict, kind: Kind) -> None:
+        """Enqueue one job, the plain way (latency)."""
+        raise NotImplementedError
+
+    def start(self, log: str) -> Spawned:
+        """Start the workers; returns as soon as the process runs (not necessarily ready)."""
+        raise NotImplementedError
+
+    def close_producer(self) -> None:
+        """Close the driver's publishing connection, if any."""
+
+    def cleanup(self) -> None:
+        """Stop the workers and delete every queue and exchange of this run."""
+        try:
+            if self.proc is not None:
+                self.proc.stop()
+        finally:
+            self.proc = None
+            with rabbit.suppress_errors():
+                self.close_producer()
+            with rabbit.suppress_errors():
+                rabbit.delete(self.url, self.queue_names())
+            with rabbit.suppress_errors():
+                rabbit.sweep(self.url, self.marker)
+
+
+# ------------------------------------------------------------------ roger
+
+
+class RogerSystem(System):
+    """A roger node: `partitions` partitions, each with one queue of `workers` workers."""
+
+    def __init__(self, cfg: Config, tag: str, queue_type: str = "quorum",
+                 partitions: int = 1, workers: int = 4) -> None:
+        super().__init__(cfg, tag)
+        import roger
+
+        self.label = f"roger ({queue_type})"
+        self.partitions = [f"{self.marker}-p{i}" for i in range(partitions)]
+        # A short state dir: the control socket lives there (Unix paths are short).
+        self.state_dir = tempfile.mkdtemp(prefix="rb")
+        self.fields: dict[str, Any] = {
+            "broker_url": self.url,
+            "partitions": {p: {"default": workers} for p in self.partitions},
+            "imports": ["benchmarks.jobs"],
+            "node_name": self.marker,
+            "state_dir": self.state_dir,
+            "queue_type": queue_type,
+        }
+        self.settings = roger.Settings(**self.fields)
+        roger.configure(self.settings)  # Job.enqueue uses the process-wide settings
+        self._next = 0
+
+    def queue_names(self) -> list[str]:
+        return [f"{p}-default" for p in self.partitions]
+
+    def _job_class(self, kind: Kind) -> Any:
+        from benchmarks import jobs
+
+        return jobs.NoOp if kind == "noop" else jobs.Latency
+
+    def enqueue_all(self, bodies: Sequence[dict], kind: Kind = "noop") -> None:
+        import roger
+
+        cls = self._job_class(kind)
+        # Round-robin over the partitions (the scale benchmark has several).
+        for n, partition in enumerate(self.partitions):
+            mine = bodies[n::len(self.partitions)]
+            for i in range(0, len(mine), BATCH):
+                jobs = [cls.create(b) for b in mine[i:i + BATCH]]
+                roger.enqueue_many(jobs, partition, settings=self.settings)
+
+    def send(self, body: dict, kind: Kind) -> None:
+        partition = self.partitions[self._next % len(self.partitions)]
+        self._next += 1
+        self._job_class(kind).create(body).enqueue(partition)
+
+    def start(self, log: str) -> Spawned:
+        self.proc = Spawned(python("-m", "benchmarks.peers.roger_node", json.dumps(self.fields)),
+                            stdin=True, log=log)
+        return self.proc
+
+    def wait_ready(self, timeout: float = 300.0) -> dict[str, float]:
+        """Block until `Node.start()` returned in the runner; its timings and root pid."""
+        assert self.proc is not None
+        self.ready_info = json.loads(self.proc.read_line(timeout))
+        return self.ready_info
+
+    def close_producer(self) -> None:
+        from roger import broker
+
+        broker.get_broker(self.settings).close()
+
+    def cleanup(self) -> None:
+        try:
+            super().cleanup()
+        finally:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------- celery
+
+
+class CelerySystem(System):
+    """Celery prefork, ``-c 4``, late acks, prefetch multiplier 1, classic queue."""
+
+    label = "celery"
+
+    def __init__(self, cfg: Config, tag: str, workers: int = 4) -> None:
+        super().__init__(cfg, tag)
+        from benchmarks.peers import celery_app
+
+        self.app = celery_app
+        self.queue = self.marker
+        self.workers = workers
+
+    def queue_names(self) -> list[str]:
+        return [self.queue]
+
+    def _task(self, kind: Kind) -> Any:
+        return self.app.noop if kind == "noop" else self.app.latency
+
+    def enqueue_all(self, bodies: Sequence[dict], kind: Kind = "noop") -> None:
+        task = self._task(kind)
+        with self.app.app.producer_or_acquire() as producer:
+            for body in bodies:
+                task.apply_async((body,), queue=self.queue, producer=producer)
+
+    def send(self, body: dict, kind: Kind) -> None:
+        self._task(kind).apply_async((body,), queue=self.queue)
+
+    def start(self, log: str) -> Spawned:
+        argv = [venv_script("celery"), "-A", "benchmarks.peers.celery_app", "worker",
+                "-P", "prefork", "-c", str(self.workers), "-Q", self.queue,
+                "-n", f"{self.marker}@%h", "--loglevel", "WARNING",
+                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        self.proc = Spawned(argv, env={"BENCH_BROKER_URL": self.url}, log=log)
+        return self.proc
+
+    def close_producer(self) -> None:
+        self.app.app.pool.force_close_all()
+
+
+# --------------------------------------------------------------- dramatiq
+
+
+class DramatiqSystem(System):
+    """Dramatiq with RabbitmqBroker, ``--processes 4 --threads 1``, classic queue."""
+
+    label = "dramatiq"
+
+    def __init__(self, cfg: Config, tag: str, processes: int = 4) -> None:
+        super().__init__(cfg, tag)
+        from benchmarks.peers import dramatiq_app
+
+        self.module = dramatiq_app
+        # Dramatiq queue names allow letters, digits, '-', '_' and '.'.
+        self.queue = self.marker
+        self.broker, self.noop, self.latency = dramatiq_app.build(self.queue, self.url)
+        self.processes = processes
+
+    def queue_names(self) -> list[str]:
+        return self.module.queues(self.queue)
+
+    def send(self, body: dict, kind: Kind) -> None:
+        (self.noop if kind == "noop" else self.latency).send(body)
+
+    def start(self, log: str) -> Spawned:
+        argv = [venv_script("dramatiq"), "benchmarks.peers.dramatiq_app:broker",
+                "--processes", str(self.processes), "--threads", "1", "--queues", self.queue]
+        env = {"BENCH_QUEUE": self.queue, "BENCH_BROKER_URL": self.url}
+        self.proc = Spawned(argv, env=env, log=log)
+        return self.proc
+
+    def close_producer(self) -> None:
+        self.broker.close()
+
+
+# ------------------------------------------------------------------ kombu
+
+
+class KombuSystem(System):
+    """The ceiling: one raw kombu consumer, one connection, prefetch 100."""
+
+    def __init__(self, cfg: Config, tag: str, queue_type: str = "classic") -> None:
+        super().__init__(cfg, tag)
+        self.label = f"raw kombu ({queue_type})"
+        self.queue = self.marker
+        self.queue_type = queue_type
+
+    def queue_names(self) -> list[str]:
+        return [self.queue]
+
+    def enqueue_all(self, bodies: Sequence[dict], kind: Kind = "noop") -> None:
+        rabbit.publish_json(self.url, self.queue, bodies, self.queue_type)
+
+    def start(self, log: str) -> Spawned:
+        argv = python("-m", "benchmarks.peers.kombu_consumer", self.url, self.queue)
+        self.proc = Spawned(argv, log=log)
+        return self.proc
+
+
+def log_path(workdir: str, system: System, what: str) -> str:
+    """Where a run's subprocess output goes (kept for post-mortems of failed runs)."""
+    name = system.label.replace(" ", "_").replace("(", "").replace(")", "")
+    return os.path.join(workdir, f"{what}-{name}.log")
