@@ -11,6 +11,7 @@ import signal as _signal
 __all__ = [
     "BadMessage",
     "BrokerError",
+    "ControlError",
     "DuplicateJob",
     "JobTimeout",
     "RogerError",
@@ -96,6 +97,24 @@ class BrokerError(RogerError):
     Raised instead of any kombu/py-amqp/socket exception; the original is
     chained as ``__cause__``.
     """
+
+
+class ControlError(RogerError):
+    """A node's control socket could not be used, or it refused a request.
+
+    Raised by `roger.control.Client` when the node answers
+    ``{"ok": false, "error": ...}`` (`reply` holds that answer), when no node
+    listens on the socket, or when it does not answer in time; and by a node
+    whose control socket cannot be created (path too long, or another live
+    node serving it).
+    """
+
+    def __init__(self, message: str, reply: dict | None = None) -> None:
+        self.reply = reply
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[ControlError], tuple[str, dict | None]]:
+        return (type(self), (str(self), self.reply))
 
 
 def _signal_name(number: int) -> str:

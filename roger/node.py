@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from roger import registry
+from roger import control, registry
 from roger.partition import run_partition
 from roger.settings import Settings
 from supervision import ChildSpec, Event, StartFailed, Supervisor, SupervisorAPI
@@ -39,8 +39,12 @@ class Root:
         }
         self.waiting: dict[str, int] = {}  # partition -> failed attempts
         self.started_at: dict[str, float] = {}
+        # The control server is the first child: the socket is there before
+        # any partition starts, and a partition waiting for the broker never
+        # keeps the operator out.
         self.sup = Supervisor(
-            (), name=f"roger node {settings.node_name}", intensity=10, period=10.0,
+            (control.control_spec(settings),),
+            name=f"roger node {settings.node_name}", intensity=10, period=10.0,
             on_event=self._on_event, handler=self._handle, on_start=self._start_all,
         )
 
@@ -98,6 +102,9 @@ class Root:
         return fn(*args)
 
     def op_start_partition(self, name: str, queues: dict[str, int]) -> dict:
+        from roger.settings import check_partition_name
+
+        check_partition_name(name)  # also keeps it apart from "roger.control" & co.
         if name in self.partitions:
             raise ValueError(f"partition {name!r} is already configured on this node")
         self.partitions[name] = _check_queues(queues)
@@ -191,6 +198,9 @@ class Node:
         # Import job modules once in the root: typos fail the node at start,
         # and every forked process shares the imported code.
         registry.import_modules(self.settings.imports)
+        # A live node on our control socket (or a path too long for one)
+        # fails here, in the caller, with a clear ControlError.
+        control.claim_socket_path(self.settings.control_socket)
         return Root(self.settings)
 
     def run(self) -> None:

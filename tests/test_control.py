@@ -1,0 +1,386 @@
+"""The control socket: every command, malformed input, and the socket file's life."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from roger_fixtures import delete_queues, queue_depth, queue_names, wait_for
+from testjobs import Record, WaitForKill, read
+
+import roger
+from roger.control import MAX_LINE, Client, bind_socket, find_socket
+from roger.errors import ControlError
+from roger.node import Node
+
+
+class Raw:
+    """A bare connection to the control socket, for bytes no `Client` would send."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> dict:
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            assert data, f"connection closed; unread: {self.buf!r}"
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def at_eof(self) -> bool:
+        return self.sock.recv(1) == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def node(make_settings, partition):
+    with Node(make_settings(partitions={partition: {"default": 1}})) as n:
+        yield n
+
+
+def ctl(node: Node) -> Client:
+    return Client(node.settings.control_socket, timeout=60)
+
+
+def forget(partition: str) -> None:
+    """Delete the queues of a partition a test made beside its `partition` fixture."""
+    delete_queues(queue_names(partition, ["default", "other"], [1]))
+
+
+def ends(out):
+    return [e for e in read(out) if e["event"] == "end"]
+
+
+# ------------------------------------------------------------------ commands
+
+
+def test_status_shows_the_tree(node, partition):
+    with ctl(node) as c:
+        status = c.request("status")
+    assert status["ok"] is True
+    assert status["node"] == node.settings.node_name
+    assert status["pid"] == node.pid
+    assert status["waiting"] == {}
+    part = status["running"][partition]
+    queue = part["queues"]["default"]
+    assert part["pid"] > 0 and queue["pid"] > 0 and queue["consuming"]
+    assert queue["max_workers"] == 1 and queue["restarts"] == 0
+    assert isinstance(queue["workers"], list)
+    control = status["processes"]["roger.control"]
+    assert control["state"] == "running" and control["pid"] not in (None, node.pid)
+    assert status["control_socket"] == str(node.settings.control_socket)
+
+
+def test_partition_commands(node, partition):
+    other = partition + "b"
+    try:
+        with ctl(node) as c:
+            status = c.request("start_partition", partition=other, queues={"default": 1})
+            assert status["running"][other]["queues"]["default"]["consuming"]
+
+            status = c.request("reconfigure_partition", partition=other,
+                               queues={"default": 2, "other": 0})
+            queues = status["running"][other]["queues"]
+            assert queues["default"]["max_workers"] == 2
+            assert not queues["other"]["consuming"]
+
+            before = status["running"][other]["pid"]
+            status = c.request("restart_partition", partition=other)
+            assert status["running"][other]["pid"] != before
+            assert status["running"][other]["queues"]["default"]["max_workers"] == 2
+
+            status = c.request("stop_partition", partition=other)
+            assert other not in status["running"] and partition in status["running"]
+
+            with pytest.raises(ControlError, match="not configured") as info:
+                c.request("restart_partition", partition=other)
+            assert info.value.reply["ok"] is False
+            with pytest.raises(ControlError, match="already configured"):
+                c.request("start_partition", partition=partition, queues={"default": 1})
+            assert c.request("status")["running"][partition]  # still serving
+    finally:
+        forget(other)
+
+
+def test_pause_resume_cancel_call_the_cluster_functions(make_settings, partition, tmp_path,
+                                                        monkeypatch):
+    # The control process is forked from this one, so it sees these stand-ins.
+    calls = tmp_path / "calls.jsonl"
+
+    def stand_in(name):
+        def fn(*args):
+            with open(calls, "a") as f:
+                f.write(json.dumps([name, *args]) + "\n")
+            return name == "cancel" or None
+        return fn
+
+    for name in ("pause", "resume", "cancel"):
+        monkeypatch.setattr(roger, name, stand_in(name), raising=False)
+    with Node(make_settings(partitions={partition: {"default": 1}})) as node, ctl(node) as c:
+        assert c.request("pause", partition=partition, queue="default") == {"ok": True}
+        assert c.request("resume", partition=partition, queue="default") == {"ok": True}
+        assert c.request("cancel", partition=partition, job_id="abc") == {
+            "ok": True, "result": True}
+    assert [json.loads(line) for line in calls.read_text().splitlines()] == [
+        ["pause", partition, "default"], ["resume", partition, "default"],
+        ["cancel", partition, "abc"]]
+
+
+def test_pause_resume_cancel_without_the_cluster_layer(make_settings, partition, monkeypatch):
+    for name in ("pause", "resume", "cancel"):
+        monkeypatch.delattr(roger, name, raising=False)
+    with Node(make_settings(partitions={partition: {"default": 1}})) as node, ctl(node) as c:
+        for cmd, field in (("pause", "queue"), ("resume", "queue"), ("cancel", "job_id")):
+            with pytest.raises(ControlError, match="not available"):
+                c.request(cmd, partition=partition, **{field: "default"})
+        assert c.request("status")["ok"]
+
+
+def test_shutdown_replies_then_stops_the_node(node):
+    path = node.settings.control_socket
+    with ctl(node) as c:
+        assert c.request("shutdown") == {"ok": True, "shutting_down": True}
+        # Whatever comes after the shutdown is refused, not left hanging.
+        with pytest.raises(ControlError, match="shutting down|closed|no reply"):
+            c.request("status")
+    assert node._handle.join(30) == 0  # the root exits on its own, orderly
+    assert not path.exists()  # the control server removed its socket
+
+
+# ----------------------------------------------------------- malformed input
+
+
+@pytest.mark.parametrize("line, error", [
+    (b"\xff\xfe garbage", "UTF-8"),
+    (b"not json", "JSON object"),
+    (b"[1, 2, 3]", "got an array"),
+    (b'"status"', "got a string"),
+    (b"{}", '"cmd"'),
+    (b'{"cmd": 7}', '"cmd"'),
+    (b'{"cmd": "explode"}', "unknown command 'explode'"),
+    (b'{"cmd": "status", "partition": "x"}', "unexpected field"),
+    (b'{"cmd": "stop_partition"}', "missing field 'partition'"),
+    (b'{"cmd": "stop_partition", "partition": 42}', "invalid partition name"),
+    (b'{"cmd": "stop_partition", "partition": "roger.control"}', "invalid partition name"),
+    (b'{"cmd": "pause", "partition": "p", "queue": ["default"]}', "invalid queue name"),
+    (b'{"cmd": "cancel", "partition": "p", "job_id": null}', "job_id"),
+    (b'{"cmd": "start_partition", "partition": "p", "queues": [1]}', "queues must be"),
+    (b'{"cmd": "start_partition", "partition": "p", "queues": {"default": "4"}}',
+     "integer >= 0"),
+    (b'{"cmd": "start_partition", "partition": "p", "queues": {"default": true}}',
+     "integer >= 0"),
+    (b'{"cmd": "reconfigure_partition", "partition": "p", "queues": {}}', "non-empty"),
+])
+def test_malformed_request_gets_an_error_and_the_connection_lives_on(node, line, error):
+    raw = Raw(node.settings.control_socket)
+    try:
+        raw.send(line + b"\n")
+        reply = raw.reply()
+        assert reply["ok"] is False and error in reply["error"], reply
+        raw.send(b'{"cmd": "status"}\n')
+        assert raw.reply()["ok"] is True
+    finally:
+        raw.close()
+
+
+def test_pipelined_requests_are_answered_in_order(node, partition):
+    raw = Raw(node.settings.control_socket)
+    try:
+        raw.send(b'{"cmd": "status"}\n\n  \nnope\n{"cmd": "stop_partition", "partition": "zz"}\n'
+                 b'{"cmd": "status"}\n')
+        replies = [raw.reply() for _ in range(4)]
+    finally:
+        raw.close()
+    assert replies[0]["ok"] and partition in replies[0]["running"]
+    assert "JSON" in replies[1]["error"]
+    assert "not configured" in replies[2]["error"]
+    assert replies[3]["ok"]
+
+
+def test_oversized_line_gets_an_error_and_only_that_connection_closes(node):
+    big, other = Raw(node.settings.control_socket), Raw(node.settings.control_socket)
+    try:
+        big.send(b'{"cmd": "status", "pad": "' + b"x" * (MAX_LINE + 10))
+        reply = big.reply()
+        assert not reply["ok"] and "longer than" in reply["error"]
+        assert big.at_eof()
+        other.send(b'{"cmd": "status"}\n')
+        assert other.reply()["ok"]
+    finally:
+        big.close()
+        other.close()
+
+
+def test_a_silent_client_does_not_block_others(node):
+    silent = Raw(node.settings.control_socket)  # connects and says nothing
+    half = Raw(node.settings.control_socket)
+    half.send(b'{"cmd": "sta')  # half a request, never finished
+    try:
+        with ctl(node) as c:
+            for _ in range(3):
+                assert c.request("status")["ok"]
+        half.send(b'tus"}\n')  # and it is still served when it goes on
+        assert half.reply()["ok"]
+    finally:
+        silent.close()
+        half.close()
+
+
+def test_client_errors(tmp_path, node):
+    with pytest.raises(ControlError, match="cannot connect.*is the node running"):
+        Client(tmp_path / "nobody.sock").request("status")
+    with pytest.raises(ControlError, match="unknown command"):
+        ctl(node).request("frobnicate")
+
+
+def test_client_finds_the_configured_node(node):
+    # make_settings configured the process-wide settings with the node's name.
+    assert Client().path == node.settings.control_socket
+    with Client() as c:
+        assert c.request("status")["node"] == node.settings.node_name
+
+
+def test_find_socket_without_a_node_name_uses_the_one_live_socket(node):
+    settings = roger.Settings(state_dir=node.settings.state_dir)  # node_name: default
+    Path(settings.state_dir, "stale.sock").touch()  # not live: ignored
+    assert find_socket(settings) == node.settings.control_socket
+
+
+# ------------------------------------------------------------ the socket file
+
+
+def test_socket_file_mode_0600_in_a_private_directory(make_settings, tmp_path):
+    settings = make_settings(state_dir=str(tmp_path / "new" / "state"))
+    with Node(settings):
+        path = settings.control_socket
+        mode = path.stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_stale_socket_is_replaced(make_settings):
+    settings = make_settings()
+    settings.control_socket.parent.mkdir(parents=True)
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(settings.control_socket))  # a node that died without cleaning up
+    dead.close()
+    assert settings.control_socket.exists()
+    with Node(settings) as node, ctl(node) as c:
+        assert c.request("status")["ok"]
+
+
+def test_live_socket_is_never_stolen(node, make_settings):
+    twin = make_settings(control_socket=str(node.settings.control_socket))
+    with pytest.raises(ControlError, match="another node is serving"):
+        Node(twin).start()
+    # The control process of a second node checks again when it binds.
+    with pytest.raises(ControlError, match="another node is serving"):
+        bind_socket(node.settings.control_socket)
+    with ctl(node) as c:
+        assert c.request("status")["node"] == node.settings.node_name
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone(make_settings, tmp_path):
+    path = tmp_path / "precious.txt"
+    path.write_text("keep me")
+    with pytest.raises(ControlError, match="not a socket"):
+        Node(make_settings(control_socket=str(path))).start()
+    assert path.read_text() == "keep me"
+
+
+def test_a_path_too_long_for_a_unix_socket_is_a_clear_error(make_settings, tmp_path):
+    path = tmp_path / ("x" * 120) / "n.sock"
+    with pytest.raises(ControlError, match="more than the 107"):
+        Node(make_settings(control_socket=str(path))).start()
+
+
+# Run as another user. The server refuses at once, so the send may meet a
+# closed socket; the refusal is still there to read.
+PEER_CODE = """
+import contextlib, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+with contextlib.suppress(OSError):
+    s.sendall(b'{"cmd": "status"}\\n')
+print(s.recv(1000).decode())
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_other_users_are_refused(make_settings):
+    # An open directory and socket mode: only the peer check stands in the way.
+    with tempfile.TemporaryDirectory(prefix="rgc") as d:
+        os.chmod(d, 0o755)
+        settings = make_settings(control_socket=os.path.join(d, "n.sock"))
+        with Node(settings):
+            os.chmod(settings.control_socket, 0o666)
+            done = subprocess.run(["/usr/bin/env", "python3", "-c", PEER_CODE,
+                                   str(settings.control_socket)],
+                                  user=65534, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert reply == {"ok": False,
+                     "error": "permission denied: only the node's own user may control it"}
+
+
+# -------------------------------------------------------- restart_partition
+
+
+def test_restart_partition_finishes_the_job_in_flight_and_spares_the_other(
+        make_settings, partition, out):
+    other = partition + "b"
+    settings = make_settings(partitions={partition: {"default": 1}, other: {"default": 1}})
+    try:
+        with Node(settings) as node, ctl(node) as c:
+            before = c.request("status")["running"]
+            job = Record.create({"out": out, "sleep": 1.0}).enqueue(partition)
+            wait_for(lambda: read(out), what="job start")
+            after = c.request("restart_partition", partition=partition)["running"]
+            # The restart waited for the job (shutdown_timeout is 5 s)...
+            assert [e["id"] for e in ends(out)] == [job.id]
+            assert after[partition]["pid"] != before[partition]["pid"]
+            # ...and the other partition kept every process.
+            assert after[other]["pid"] == before[other]["pid"]
+            assert after[other]["queues"]["default"]["pid"] == \
+                before[other]["queues"]["default"]["pid"]
+            wait_for(lambda: queue_depth(f"{partition}-default") == 0, what="acked")
+    finally:
+        forget(other)
+
+
+def test_restart_partition_requeues_a_job_that_outlives_the_shutdown_timeout(
+        make_settings, partition, out):
+    other = partition + "b"
+    settings = make_settings(partitions={partition: {"default": 1}, other: {"default": 1}},
+                             shutdown_timeout=0.5)
+    try:
+        with Node(settings) as node, ctl(node) as c:
+            before = c.request("status")["running"][other]
+            job = WaitForKill.create({"out": out}).enqueue(partition)
+            wait_for(lambda: read(out), what="job start")
+            c.request("restart_partition", partition=partition)
+            # Killed by the restart, requeued, and run again by the new partition.
+            wait_for(lambda: len(read(out)) == 2, what="job run again")
+            assert [e["id"] for e in read(out)] == [job.id, job.id]
+            wait_for(lambda: queue_depth(f"{partition}-default") == 0, what="acked")
+            after = c.request("status")["running"][other]
+            assert after["pid"] == before["pid"]
+            assert after["queues"]["default"]["pid"] == before["queues"]["default"]["pid"]
+    finally:
+        forget(other)
