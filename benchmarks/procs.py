@@ -38,25 +38,36 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
-def tree(root: int) -> dict[int, int]:
-    """`root` and all its descendants: pid -> start time (to recognise reused pids)."""
-    parents: dict[int, list[int]] = {}
+def _scan() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """(parent pid -> child pids, pid -> start time) of every process."""
+    children: dict[int, list[int]] = {}
     starts: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             st = _stat(int(entry))
             if st is not None:
-                parents.setdefault(st[0], []).append(int(entry))
+                children.setdefault(st[0], []).append(int(entry))
                 starts[int(entry)] = st[1]
+    return children, starts
+
+
+def levels(root: int) -> dict[int, int]:
+    """`root` and all its descendants: pid -> depth below `root` (root: 0)."""
+    children, starts = _scan()
     if root not in starts:
         return {}
-    found, todo = {}, [root]
+    found, todo = {}, [(root, 0)]
     while todo:
-        pid = todo.pop()
-        if pid in starts:
-            found[pid] = starts[pid]
-            todo.extend(parents.get(pid, ()))
+        pid, depth = todo.pop()
+        found[pid] = depth
+        todo.extend((c, depth + 1) for c in children.get(pid, ()))
     return found
+
+
+def tree(root: int) -> dict[int, int]:
+    """`root` and all its descendants: pid -> start time (to recognise reused pids)."""
+    _, starts = _scan()
+    return {pid: starts[pid] for pid in levels(root) if pid in starts}
 
 
 def memory(pids: Sequence[int]) -> dict[str, float]:
@@ -92,6 +103,10 @@ def _kill(pids: dict[int, int], sig: int) -> None:
                 os.kill(pid, sig)
 
 
+class ReadTimeout(BenchError):
+    """The process said nothing in time (but is still running)."""
+
+
 class Spawned:
     """A system under test running in a subprocess (its own session), with cleanup."""
 
@@ -105,6 +120,7 @@ class Spawned:
         self.argv = list(argv)
         self.log_path = log
         self._log: IO[Any] | None = open(log, "ab") if log else None  # noqa: SIM115
+        self._buf = b""
         self.started = time.time()
         self.popen = subprocess.Popen(
             self.argv, cwd=ROOT, env=full_env, start_new_session=True,
@@ -124,17 +140,26 @@ class Spawned:
         out = self.popen.stdout
         assert out is not None
         deadline = time.monotonic() + timeout
-        buf = b""
-        while not buf.endswith(b"\n"):
+        while not self._buf.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([out], [], [], left)[0]:
-                raise BenchError(f"{self.argv[0]} said nothing within {timeout:g} s"
-                                 f"{self._tail()}")
+                raise ReadTimeout(f"{self.argv[0]} said nothing within {timeout:g} s")
             chunk = os.read(out.fileno(), 1)
             if not chunk:
                 raise BenchError(f"{self.argv[0]} exited with {self.popen.wait(5)}{self._tail()}")
-            buf += chunk
-        return buf.decode()
+            self._buf += chunk
+        line, self._buf = self._buf.decode(), b""
+        return line
+
+    def log_lines(self) -> list[str]:
+        """What the process wrote to its log so far."""
+        if not self.log_path:
+            return []
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def _tail(self) -> str:
         if not self.log_path:

@@ -108,6 +108,20 @@ def _list(kind: str) -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
+def file_descriptors() -> dict[str, int]:
+    """RabbitMQ's file descriptor and socket use and limits (empty without rabbitmqctl).
+
+    They bound how many queues and connections the broker can hold: each
+    quorum queue keeps files open, each consumer has its connection.
+    """
+    try:
+        done = subprocess.run(["rabbitmqctl", "status", "--formatter", "json"],
+                              capture_output=True, text=True, timeout=60)
+        return dict(json.loads(done.stdout).get("file_descriptors", {}))
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+
+
 def sweep(url: str, marker: str) -> int:
     """Delete every queue and exchange whose name contains `marker`; returns how many.
 

@@ -61,6 +61,10 @@ def describe(url: str) -> list[str]:
         server = rabbit.server_version(url)
     except Exception as e:  # reported, not fatal: the benchmarks will fail loudly anyway
         server = f"unknown ({e})"
+    fds = rabbit.file_descriptors()
+    if fds:
+        server += (f"; its limits: {fds.get('total_limit')} file descriptors, "
+                   f"{fds.get('sockets_limit')} sockets")
     cores = len(os.sched_getaffinity(0))
     versions = ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
     return [

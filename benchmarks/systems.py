@@ -13,12 +13,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from benchmarks import rabbit
-from benchmarks.common import Config
-from benchmarks.procs import Spawned, python, venv_script
+from benchmarks.common import BenchError, Config
+from benchmarks.procs import ReadTimeout, Spawned, python, venv_script
 
 Kind = Literal["noop", "latency"]
 BATCH = 1000  # roger.enqueue_many batch size when filling a queue
@@ -35,6 +36,7 @@ class System:
         self.marker = cfg.name(tag)  # every name this run declares contains it
         self.proc: Spawned | None = None
         self.ready_info: dict[str, float] = {}
+        self.stop_grace = 10.0  # seconds for a graceful stop before everything is killed
 
     def queue_names(self) -> list[str]:
         """The main queue(s) jobs go to (to check their depth)."""
@@ -60,7 +62,7 @@ class System:
         """Stop the workers and delete every queue and exchange of this run."""
         try:
             if self.proc is not None:
-                self.proc.stop()
+                self.proc.stop(self.stop_grace)
         finally:
             self.proc = None
             with rabbit.suppress_errors():
@@ -75,20 +77,24 @@ class System:
 
 
 class RogerSystem(System):
-    """A roger node: `partitions` partitions, each with one queue of `workers` workers."""
+    """A roger node: `partitions` partitions with `queues` each (default: one of 4 workers).
+
+    Jobs go to each partition's first queue.
+    """
 
     def __init__(self, cfg: Config, tag: str, queue_type: str = "quorum",
-                 partitions: int = 1, workers: int = 4) -> None:
+                 partitions: int = 1, queues: dict[str, int] | None = None) -> None:
         super().__init__(cfg, tag)
         import roger
 
         self.label = f"roger ({queue_type})"
+        self.queues = queues or {"default": 4}
         self.partitions = [f"{self.marker}-p{i}" for i in range(partitions)]
         # A short state dir: the control socket lives there (Unix paths are short).
         self.state_dir = tempfile.mkdtemp(prefix="rb")
         self.fields: dict[str, Any] = {
             "broker_url": self.url,
-            "partitions": {p: {"default": workers} for p in self.partitions},
+            "partitions": {p: dict(self.queues) for p in self.partitions},
             "imports": ["benchmarks.jobs"],
             "node_name": self.marker,
             "state_dir": self.state_dir,
@@ -98,8 +104,12 @@ class RogerSystem(System):
         roger.configure(self.settings)  # Job.enqueue uses the process-wide settings
         self._next = 0
 
+    @property
+    def first_queue(self) -> str:
+        return next(iter(self.queues))
+
     def queue_names(self) -> list[str]:
-        return [f"{p}-default" for p in self.partitions]
+        return [f"{p}-{q}" for p in self.partitions for q in self.queues]
 
     def _job_class(self, kind: Kind) -> Any:
         from benchmarks import jobs
@@ -115,22 +125,45 @@ class RogerSystem(System):
             mine = bodies[n::len(self.partitions)]
             for i in range(0, len(mine), BATCH):
                 jobs = [cls.create(b) for b in mine[i:i + BATCH]]
-                roger.enqueue_many(jobs, partition, settings=self.settings)
+                roger.enqueue_many(jobs, partition, self.first_queue, settings=self.settings)
 
     def send(self, body: dict, kind: Kind) -> None:
         partition = self.partitions[self._next % len(self.partitions)]
         self._next += 1
-        self._job_class(kind).create(body).enqueue(partition)
+        self._job_class(kind).create(body).enqueue(partition, self.first_queue)
 
     def start(self, log: str) -> Spawned:
-        self.proc = Spawned(python("-m", "benchmarks.peers.roger_node", json.dumps(self.fields)),
-                            stdin=True, log=log)
+        # A file, not argv: a node of 200 partitions has a long configuration.
+        path = os.path.join(self.state_dir, "settings.json")
+        with open(path, "w") as f:
+            json.dump(self.fields, f)
+        self.proc = Spawned(python("-m", "benchmarks.peers.roger_node", path), stdin=True, log=log)
         return self.proc
 
     def wait_ready(self, timeout: float = 300.0) -> dict[str, float]:
-        """Block until `Node.start()` returned in the runner; its timings and root pid."""
+        """Block until `Node.start()` returned in the runner; its timings and root pid.
+
+        Gives up early, with roger's own reason, as soon as the node reports a
+        partition as *waiting* (it could not start and will be retried):
+        `Node.start()` would otherwise keep retrying for a long time.
+        """
         assert self.proc is not None
-        self.ready_info = json.loads(self.proc.read_line(timeout))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.proc.read_line(min(1.0, max(0.0, deadline - time.monotonic())))
+                break
+            except ReadTimeout:
+                if time.monotonic() >= deadline:
+                    raise BenchError(f"the node did not start within {timeout:g} s") from None
+                log = self.proc.log_lines()
+                waiting = [x for x in log if " is waiting " in x]
+                if waiting:
+                    reasons = [x for x in log if "cannot" in x or "refused" in x] or waiting
+                    raise BenchError(
+                        f"a partition could not start (roger lists it as waiting); first "
+                        f"reason logged: {reasons[0].split(' ', 2)[-1][:300]}") from None
+        self.ready_info = json.loads(line)
         return self.ready_info
 
     def close_producer(self) -> None:

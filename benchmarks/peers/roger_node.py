@@ -1,4 +1,4 @@
-"""Run one roger node for the driver: ``python -m benchmarks.peers.roger_node SETTINGS_JSON``.
+"""Run one roger node for the driver: ``python -m benchmarks.peers.roger_node SETTINGS.json``.
 
 Starts ``roger.Node(settings)`` (which returns once every configured
 partition consumes), prints one JSON line ``{"root": pid, "start": t,
@@ -23,7 +23,8 @@ import roger
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    settings = roger.Settings(**json.loads(argv[1]))
+    with open(argv[1]) as f:
+        settings = roger.Settings(**json.load(f))
     signal.signal(signal.SIGTERM, _graceful)
     start = time.time()
     node = roger.Node(settings).start()
