@@ -8,6 +8,7 @@ The public API, grouped by topic. Everything else lives in submodules:
 from roger import info
 from roger.admin import purge, retry_buried
 from roger.config import configure
+from roger.coordination import cancel, pause, resume
 from roger.errors import (
     BadMessage,
     BrokerError,
@@ -31,6 +32,10 @@ __all__ = [
     # configuration
     "Settings",
     "configure",
+    # cluster-wide operations
+    "cancel",
+    "pause",
+    "resume",
     # queues
     "info",
     "purge",

@@ -78,6 +78,7 @@ class Consumer:
         self.closing = False
         self.settled = 0
         self.acquired: set[str] = set()  # ids of jobs holding their execution key here
+        self.inbox: deque[tuple[Any, tuple]] = deque()  # AMQP callbacks' work, run by the loop
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -120,8 +121,9 @@ class Consumer:
         # Settling publishes (retry, buried, rejected) are confirmed on their
         # own channel before the original delivery is acked.
         self.settle_channel = self.conn.channel()
-        self.coord = GlobalClient(self.conn, s, self.partition, self._on_broadcast,
-                                  self._on_acquired)
+        self.coord = GlobalClient(self.conn, s, self.partition,
+                                  self._later(self._on_broadcast),
+                                  self._later(self._on_acquired))
         self.coord.start()
         self.last_heartbeat = time.monotonic()
 
@@ -157,11 +159,13 @@ class Consumer:
             ready = wait(objs, self._next_timeout())
             if self.sock in ready:
                 self._drain_amqp()
+                self._run_inbox()
             if parent is not None and parent.conn in ready:
                 self._serve(parent)
             if self._wake_r in ready:
                 self._on_signal()
             self.pool.handle(ready)
+            self._run_inbox()  # settling drains the socket too
             self._check_deadlines()
             self._dispatch_backlog()
             self._heartbeat()
@@ -200,6 +204,22 @@ class Consumer:
             self.last_heartbeat = now
 
     # --------------------------------------------------------------- deliveries
+
+    def _later(self, fn: Any) -> Any:
+        """Wrap an AMQP callback so that it only queues its work.
+
+        py-amqp runs callbacks inside `drain_events`, and our work itself
+        waits on the connection (confirms, declarations): done right there it
+        would nest one wait in another on the same channel, and the inner one
+        can take the outer one's reply. The loop runs the queued work after
+        the socket is drained, one item at a time.
+        """
+        return lambda *args: self.inbox.append((fn, args))
+
+    def _run_inbox(self) -> None:
+        while self.inbox:
+            fn, args = self.inbox.popleft()
+            fn(*args)
 
     def _on_delivery(self, msg: Any) -> None:
         info = msg.delivery_info
@@ -377,7 +397,8 @@ class Consumer:
         if (self.workers > 0 and self.ctag is None and not self.draining
                 and self.queue not in self.coord.paused):
             self.channel.basic_qos(0, self.workers, False)
-            self.ctag = self.channel.basic_consume(self.qname, callback=self._on_delivery)
+            self.ctag = self.channel.basic_consume(self.qname,
+                                                   callback=self._later(self._on_delivery))
 
     def _unsubscribe(self) -> None:
         if self.ctag is not None:

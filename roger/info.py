@@ -1,4 +1,9 @@
-"""Looking at queues without consuming them.
+"""Information, cluster-wide: partitions and running jobs on every live node,
+and queued or buried jobs, looked at without consuming them.
+
+`partitions()` and `running_jobs()` ask every live node through the system
+exchange (see `roger.system`) and return within `timeout` (one second by
+default), with an entry for each node that answered.
 
 Messages are read with ``basic_get`` on a dedicated channel and never
 acked; closing the channel puts them all back where they were (RabbitMQ
@@ -21,7 +26,7 @@ if TYPE_CHECKING:
     from roger.job import Job
     from roger.settings import Settings
 
-__all__ = ["buried_jobs", "queued_jobs"]
+__all__ = ["buried_jobs", "partitions", "queued_jobs", "running_jobs"]
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +88,44 @@ def _peek(
             job.buried_error = headers.get(retry.ERROR_HEADER)
         jobs.append(job)
     return jobs
+
+
+def partitions(*, settings: Settings | None = None, timeout: float = 1.0) -> dict[str, dict]:
+    """What every live node serves.
+
+    ``{node: {"running": {partition: {queue: {"max_workers", "paused",
+    "message_count", "consumer_count"}}}, "waiting": {partition: {queue: max_workers}}}}``
+    """
+    from roger import system
+
+    return system.gather(settings or config.get_settings(), "partitions", timeout)
+
+
+def running_jobs(partition: str | None = None, *, settings: Settings | None = None,
+                 timeout: float = 1.0) -> dict[str, dict[str, list[Job]]]:
+    """Jobs running now on every live node: ``{node: {partition: [job, ...]}}``.
+
+    The jobs are records (instances of their `roger.Job` class) with
+    `started_at` set.
+    """
+    from roger import system
+
+    settings = settings or config.get_settings()
+    answers = system.gather(settings, "running_jobs", timeout, partition=partition)
+    out: dict[str, dict[str, list[Job]]] = {}
+    for node, by_partition in answers.items():
+        out[node] = {}
+        for name, records in by_partition.items():
+            jobs = []
+            for entry in records:
+                try:
+                    job = message.decode(entry["record"].encode(), "application/json",
+                                         partition=name, queue=entry["queue"],
+                                         fallback=UnregisteredJob)
+                except BadMessage as exc:
+                    log.warning("node %s sent a running job that is not a job: %s", node, exc)
+                    continue
+                job.started_at = entry["started_at"]
+                jobs.append(job)
+            out[node][name] = jobs
+    return out

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
+
+from multiprocess.connection import wait
 
 from roger import control, registry
 from roger.partition import run_partition
 from roger.settings import Settings
+from roger.system import system_spec
 from supervision import ChildSpec, Event, StartFailed, Supervisor, SupervisorAPI
 
 log = logging.getLogger("roger.node")
@@ -43,7 +47,7 @@ class Root:
         # any partition starts, and a partition waiting for the broker never
         # keeps the operator out.
         self.sup = Supervisor(
-            (control.control_spec(settings),),
+            (control.control_spec(settings), system_spec(settings)),
             name=f"roger node {settings.node_name}", intensity=10, period=10.0,
             on_event=self._on_event, handler=self._handle, on_start=self._start_all,
         )
@@ -171,6 +175,38 @@ def _check_queues(queues: Any) -> dict[str, int]:
     return out
 
 
+def _start_root(sup: Supervisor, timeout: float) -> Any:
+    """Fork the root supervisor from a thread that outlives it.
+
+    Children die with the *thread* that forked them (see
+    `supervision.lifeline`): a node started from a host's short-lived thread
+    (a web framework's startup hook, say) would be SIGKILLed when that
+    thread ends. The main thread lasts as long as the process; from any
+    other, a keeper thread forks the root and waits for it to exit.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return sup.start(timeout=timeout)
+    started: dict[str, Any] = {}
+    done = threading.Event()
+
+    def keep() -> None:
+        try:
+            started["handle"] = sup.start(timeout=timeout)
+        except BaseException as e:  # re-raised in the caller's thread
+            started["error"] = e
+            return
+        finally:
+            done.set()
+        # Waits on the sentinel without reaping: stop() and join() stay the caller's.
+        wait([started["handle"]._proc.sentinel])
+
+    threading.Thread(target=keep, name=f"roger root keeper ({sup.name})", daemon=True).start()
+    done.wait()
+    if "error" in started:
+        raise started["error"]
+    return started["handle"]
+
+
 class Node:
     """A roger node: the root of a process tree serving partitions.
 
@@ -219,7 +255,7 @@ class Node:
         root = self._root()
         start_timeout = timeout or sum(
             root.spec(n).start_timeout for n in root.partitions) + 30.0
-        self._handle = root.sup.start(timeout=start_timeout)
+        self._handle = _start_root(root.sup, start_timeout)
         self._api = self._handle
         return self
 

@@ -110,3 +110,18 @@ class BrokenCallbacks:
 
     def after_run(self, partition, job, result, state):
         raise RuntimeError("after_run is broken")
+
+
+class Keyed(Record):
+    """A Record whose queue_key and execution_key come from its args."""
+
+    def queue_key(self, args):
+        return args.get("qkey")
+
+    def execution_key(self, args):
+        return args.get("xkey")
+
+
+class CancelCallbacks(Callbacks):
+    def on_cancel(self, partition, job):
+        record(job.args["out"], event="on_cancel", id=job.id, pid=os.getpid())
