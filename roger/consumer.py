@@ -363,7 +363,10 @@ class Consumer:
         # again (at least once) rather than leaving a key taken forever.
         if job.queue_key is not None and disposition != "retry":
             self.coord.release_queue_key(job)
-        if job.id in self.acquired:
+        if job.id in self.acquired or (disposition == "cancelled"
+                                       and job.execution_key is not None):
+            # A cancelled job may hold its key without having run: the
+            # coordinator handed it over when it left the waiting queue.
             self.acquired.discard(job.id)
             self.coord.release_exec(job)
         self.channel.basic_ack(tag)

@@ -168,16 +168,31 @@ def _all_paused(partition):
     return view if len(queues) == 2 and all(q["paused"] for q in queues) else None
 
 
-def test_pause_survives_restart_of_all_nodes(partition, make_settings, out):
+def test_state_survives_restart_of_all_nodes(partition, make_settings, out):
     settings = make_settings(partitions={partition: {"default": 1}})
     with Node(settings):
         roger.pause(partition, "default")
+        Keyed.create({"out": out, "qkey": "kept"}).enqueue(partition)
     with Node(make_settings(partitions={partition: {"default": 1}})) as node:
         queue = node.status()["running"][partition]["queues"]["default"]
         assert queue["paused"] and not queue["consuming"]
-        Record.create({"out": out}).enqueue(partition)
+        with pytest.raises(roger.DuplicateJob):
+            Keyed.create({"out": out, "qkey": "kept"}).enqueue(partition)
         roger.resume(partition, "default")
         wait_for(lambda: events(out, "end"), what="job after resume")
+
+
+def test_cancelling_a_parked_job_frees_its_execution_key(partition, make_settings, nodes, out):
+    nodes(make_settings(partitions={partition: {"default": 2}},
+                        callbacks="testjobs:CancelCallbacks"))
+    first = Keyed.create({"out": out, "xkey": "c", "sleep": 1.0}).enqueue(partition)
+    wait_for(lambda: events(out, "start"), what="first job runs")
+    parked = Keyed.create({"out": out, "xkey": "c"}).enqueue(partition)
+    roger.cancel(partition, parked.id)
+    last = Keyed.create({"out": out, "xkey": "c"}).enqueue(partition)
+    wait_for(lambda: len(events(out, "end")) == 2, what="first and last jobs")
+    assert [e["id"] for e in events(out, "end")] == [first.id, last.id]
+    assert [e["id"] for e in events(out, "on_cancel")] == [parked.id]
 
 
 def test_coordinator_takeover_keeps_keys_and_pauses(partition, make_settings, nodes, out):
