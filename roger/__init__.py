@@ -2,16 +2,18 @@
 
 The public API, grouped by topic. Everything else lives in submodules:
 `roger.broker` (AMQP), `roger.message` (wire codec), `roger.retry`,
-`roger.registry`, `roger.settings`.
+`roger.registry`, `roger.settings`, `roger.control` (a node's control
+socket and its `Client`).
 """
 
-from roger import info
+from roger import control, info
 from roger.admin import purge, retry_buried
 from roger.config import configure
 from roger.coordination import cancel, pause, resume
 from roger.errors import (
     BadMessage,
     BrokerError,
+    ControlError,
     DuplicateJob,
     JobTimeout,
     RogerError,
@@ -29,6 +31,7 @@ __all__ = [
     "enqueue_many",
     # running nodes
     "Node",
+    "control",
     # configuration
     "Settings",
     "configure",
@@ -43,6 +46,7 @@ __all__ = [
     # errors
     "BadMessage",
     "BrokerError",
+    "ControlError",
     "DuplicateJob",
     "JobTimeout",
     "RogerError",
