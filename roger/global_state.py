@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import amqp
+from amqp.exceptions import ConnectionError as AMQPConnectionError
+from amqp.exceptions import RecoverableConnectionError
 from kombu import Connection
 from multiprocess.connection import wait
 
@@ -38,6 +40,8 @@ from roger.persister import load_persister
 from roger.settings import redact_url
 
 log = logging.getLogger("roger.global")
+
+CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
 
 CANCELLED_TTL = 24 * 3600.0  # seconds a cancelled id is remembered
 WAITING_HEADER = "x-roger-queue"  # on a parked job: the queue it returns to
@@ -153,6 +157,14 @@ class Coordinator:
         self.exchange = events_exchange_name(settings, partition)
 
     def run(self) -> None:
+        try:
+            self._run()
+        except CONNECTION_ERRORS as e:
+            # Unanswered requests stay in the queue for the next coordinator.
+            log.error("[%s] coordinator lost the broker connection: %s", self.partition, e)
+            raise SystemExit(4) from None
+
+    def _run(self) -> None:
         s = self.settings
         self.conn = Connection(s.broker_url, heartbeat=s.heartbeat,
                                connect_timeout=s.connect_timeout)

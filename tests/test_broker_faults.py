@@ -1,0 +1,82 @@
+"""Real broker faults, injected with rabbitmqctl; the broker is always restored."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from roger_fixtures import wait_for
+from testjobs import Record, read
+
+import roger
+from roger.node import Node
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def ends(out):
+    return [e for e in read(out) if e["event"] == "end"]
+
+
+def enqueue_eventually(job, partition, timeout=60.0):
+    """What a producer does while the broker recovers: retry on BrokerError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return job.enqueue(partition)
+        except roger.BrokerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)  # the broker is restarting; try again shortly
+
+
+@pytest.fixture
+def broker_restored():
+    yield
+    rabbitmqctl("start_app")
+    rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    rabbitmqctl("await_startup")
+
+
+def test_node_recovers_when_connections_are_dropped(partition, make_settings, out,
+                                                    broker_restored):
+    with Node(make_settings(partitions={partition: {"default": 2}})) as node:
+        Record.create({"out": out}).enqueue(partition)
+        wait_for(lambda: len(ends(out)) == 1, what="first job")
+        rabbitmqctl("close_all_connections", "test: dropping every connection")
+        job = enqueue_eventually(Record.create({"out": out}), partition)
+        wait_for(lambda: len(ends(out)) == 2, timeout=60, what="job after reconnect")
+        assert ends(out)[1]["id"] == job.id
+        wait_for(lambda: partition in node.status()["running"], what="partition running")
+
+
+def test_node_recovers_after_broker_restart(partition, make_settings, out, broker_restored):
+    with Node(make_settings(partitions={partition: {"default": 2}})) as node:
+        rabbitmqctl("stop_app")
+        # While the broker is down the partition cannot run: it waits, and
+        # the node itself stays up.
+        wait_for(lambda: partition in node.status()["waiting"], timeout=60,
+                 what="partition waiting")
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+        job = enqueue_eventually(Record.create({"out": out}), partition)
+        wait_for(lambda: ends(out), timeout=90, what="job after the broker came back")
+        assert ends(out)[0]["id"] == job.id
+        assert node.status()["waiting"] == {}
+
+
+def test_producer_gets_a_clear_error_under_a_memory_alarm(partition, make_settings,
+                                                          broker_restored):
+    settings = make_settings(confirm_timeout=2.0)
+    Record.create({"out": "/dev/null"}).enqueue(partition)  # connection and queue ready
+    rabbitmqctl("set_vm_memory_high_watermark", "0")
+    started = time.monotonic()
+    with pytest.raises(roger.BrokerError):
+        roger.enqueue_many([Record.create({"out": "/dev/null"})], partition, settings=settings)
+    assert time.monotonic() - started < 30  # a bounded wait, not a hang
