@@ -241,6 +241,11 @@ class Consumer:
             return
         if self.coord.is_cancelled(job.id):
             self._cancelled(tag, job)
+        elif any(entry.job.id == job.id for entry in self.inflight.values()):
+            # The same job published twice and delivered together: running it
+            # twice at once is never wanted; the copy is moved aside.
+            self._reject(tag, body, props, BadMessage(
+                "duplicate_id", f"job {job.id} is already running in this consumer"))
         elif job.execution_key is not None and job.id not in self.acquired:
             self.coord.acquire(job, (tag, redelivered, body, job))
         else:
@@ -381,7 +386,10 @@ class Consumer:
         log.error("[%s] message %s rejected (%s): %s", self.tag, props.get("message_id", "?"),
                   error.reason, error)
         retry.publish_rejected(self.settle_channel, self.settings, self.partition, self.queue,
-                               body, props.get("application_headers") or {}, error.reason)
+                               body, props.get("application_headers") or {}, error.reason,
+                               detail=error.detail or None,
+                               content_type=props.get("content_type"),
+                               message_id=props.get("message_id"))
         self.channel.basic_ack(tag)
 
     def _reject_requeue(self, tag: int) -> None:

@@ -125,3 +125,34 @@ class Keyed(Record):
 class CancelCallbacks(Callbacks):
     def on_cancel(self, partition, job):
         record(job.args["out"], event="on_cancel", id=job.id, pid=os.getpid())
+
+
+class Raise(Job):
+    """Raises what `args["raise"]` names: SystemExit, KeyboardInterrupt, BaseException..."""
+
+    def perform(self, args):
+        import builtins
+
+        record(args["out"], event="start", id=self.id, pid=os.getpid())
+        raise getattr(builtins, args["raise"])("raised on purpose")
+
+
+class EatMemory(Job):
+    """Allocates past an address-space limit it sets on its own worker."""
+
+    def perform(self, args):
+        import resource
+
+        record(args["out"], event="start", id=self.id, pid=os.getpid())
+        limit = 512 * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        hog = bytearray(2 * limit)
+        return len(hog)
+
+
+class CrashAlways(Job):
+    retryable = True
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, retry_count=self.retry_count)
+        os.kill(os.getpid(), signal.SIGKILL)
