@@ -244,6 +244,12 @@ class Supervisor(SupervisorAPI):
     def handle(self, ready: Iterable[Any]) -> None:
         """Process what `wait_objects()` reported ready, and due timers."""
         ready = list(ready)
+        # Whose sentinel is which, taken before anything below runs: a restart
+        # frees dead children's fds, and a new child's sentinel may get the
+        # number of one still in `ready`; that must not be taken for its exit
+        # (joining a live child would block the loop for good).
+        sentinels = {c.proc.sentinel: (c, c.proc)
+                     for c in self._children.values() if c.proc is not None}
         # Messages before exits: a child's last event must be seen before its death.
         for obj in ready:
             for c in list(self._children.values()):
@@ -259,10 +265,10 @@ class Supervisor(SupervisorAPI):
                 log.warning("%s: parent process died; shutting down", self.name)
                 self._parent_sentinel = None
                 self.shutdown()
-            else:
-                for c in list(self._children.values()):
-                    if c.proc is not None and obj is c.proc.sentinel:
-                        self._on_exit(c)
+            elif obj in sentinels:
+                c, proc = sentinels[obj]
+                if c.proc is proc:
+                    self._on_exit(c)
         if self._timers:
             self._run_timers()
 
