@@ -161,7 +161,8 @@ def _add_ctl(sub: Any) -> None:
     cmds = ctl.add_subparsers(dest="ctl_command", required=True, metavar="CTL_COMMAND")
     common = _common()
     common.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="how long to wait for the node's answer (default 130)")
+                        help="how long to wait for the node's answer "
+                        "(default: 130 + shutdown_timeout)")
     for cmd, (summary, example) in CTL_COMMANDS.items():
         c = _command(cmds, cmd, summary, [f"roger ctl {cmd} {example}".rstrip()], _cmd_ctl,
                      parents=[common], aliases=[cmd.replace("_", "-")] if "_" in cmd else [])
@@ -288,7 +289,8 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
     settings = _configured(args)
     cmd = args.ctl_command.replace("-", "_")
     fields = {name: getattr(args, name) for name in control.COMMANDS[cmd]}
-    timeout = args.timeout if args.timeout is not None else control.CLIENT_TIMEOUT
+    timeout = args.timeout if args.timeout is not None else control.client_timeout(
+        settings.shutdown_timeout)
     with control.Client(control.find_socket(settings), timeout=timeout) as client:
         reply = client.request(cmd, **fields)
     if args.json:

@@ -104,6 +104,8 @@ def _partition_rows(name: str, part: dict) -> list[list[Any]]:
     if "error" in queues and not isinstance(queues["error"], dict):
         return [[name, part.get("pid"), f"(no answer: {queues['error']})"]
                 + [None] * 7]
+    if part.get("restarts"):  # the partition's supervisor itself was restarted
+        name = f"{name} (restarted {part['restarts']}x)"
     rows = []
     for qname, q in sorted(queues.items()):
         if "error" in q:

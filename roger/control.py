@@ -49,7 +49,7 @@ CHILD_ID = "roger.control"
 MAX_LINE = 64 * 1024  # bytes of one request line, newline excluded
 # sockaddr_un.sun_path is 108 bytes on Linux, the terminating NUL included.
 SUN_PATH_MAX = 107
-NODE_CALL_TIMEOUT = 120.0  # as roger.Node: a partition restart waits for its jobs
+NODE_CALL_TIMEOUT = 120.0  # as roger.Node, plus shutdown_timeout: see `node_call_timeout`
 CLIENT_TIMEOUT = NODE_CALL_TIMEOUT + 10.0  # longer than the server's own wait
 
 # cmd -> its fields, all required. Field types are checked by `_FIELD_CHECKS`.
@@ -72,6 +72,17 @@ CLUSTER_COMMANDS = ("pause", "resume", "cancel")
 
 class RequestError(ValueError):
     """A request the server refuses; its message is the reply's `error`."""
+
+
+def node_call_timeout(shutdown_timeout: float) -> float:
+    """How long the server waits for its node: restarting or stopping a
+    partition first waits up to `shutdown_timeout` for its running jobs."""
+    return NODE_CALL_TIMEOUT + shutdown_timeout
+
+
+def client_timeout(shutdown_timeout: float) -> float:
+    """A client's wait: longer than the server's, so the node's error arrives."""
+    return node_call_timeout(shutdown_timeout) + 10.0
 
 
 # ------------------------------------------------------------------ requests

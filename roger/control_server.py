@@ -33,12 +33,12 @@ from roger import config
 from roger.control import (
     CLUSTER_COMMANDS,
     MAX_LINE,
-    NODE_CALL_TIMEOUT,
     NODE_COMMANDS,
     RequestError,
     allowed_uid,
     bind_socket,
     encode,
+    node_call_timeout,
     parse_request,
     peer_uid,
 )
@@ -344,7 +344,7 @@ class NodeBackend:
         raise RequestError(f"unknown command {cmd!r}")
 
     def _node(self, *payload: Any) -> Any:
-        return self.link.call(payload, NODE_CALL_TIMEOUT)
+        return self.link.call(payload, node_call_timeout(self.settings.shutdown_timeout))
 
     def status(self) -> dict:
         """The root's status, plus the node's own processes (control, system)."""

@@ -43,6 +43,9 @@ class Root:
         }
         self.waiting: dict[str, int] = {}  # partition -> failed attempts
         self.started_at: dict[str, float] = {}
+        # partition -> times its supervisor exited on its own (each one is
+        # started again, after waiting): the partitions' restart counts.
+        self.restarts: dict[str, int] = {}
         # The control server is the first child: the socket is there before
         # any partition starts, and a partition waiting for the broker never
         # keeps the operator out.
@@ -94,6 +97,7 @@ class Root:
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "exited" and event.child_id in self.partitions and not self.sup.stopping:
+            self.restarts[event.child_id] = self.restarts.get(event.child_id, 0) + 1
             self._wait(event.child_id, f"its supervisor exited: {event.reason}")
 
     # --------------------------------------------------------------- requests
@@ -127,6 +131,7 @@ class Root:
         self._known(name)
         del self.partitions[name]
         self.waiting.pop(name, None)
+        self.restarts.pop(name, None)
         if self._running(name):
             self.sup.terminate_child(name)
         return self.op_status()
@@ -147,7 +152,8 @@ class Root:
                 queues = self.sup.call_child(child.id, ("status",), 10.0)
             except Exception as e:
                 queues = {"error": str(e)}
-            running[child.id] = {"pid": child.pid, "queues": queues}
+            running[child.id] = {"pid": child.pid, "restarts": self.restarts.get(child.id, 0),
+                                 "queues": queues}
         return {
             "node": self.settings.node_name,
             "pid": os.getpid(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -84,6 +85,23 @@ def test_status_shows_the_tree(node, partition):
     control = status["processes"]["roger.control"]
     assert control["state"] == "running" and control["pid"] not in (None, node.pid)
     assert status["control_socket"] == str(node.settings.control_socket)
+
+
+def test_status_counts_restarts(node, partition):
+    def status():
+        with ctl(node) as c:
+            return c.request("status")["running"].get(partition)
+
+    before = status()
+    assert before["restarts"] == 0
+    os.kill(before["queues"]["default"]["pid"], signal.SIGKILL)  # the consumer...
+    wait_for(lambda: (status() or {}).get("queues", {}).get("default", {}).get("restarts") == 1,
+             what="consumer restarted")
+    os.kill(before["pid"], signal.SIGKILL)  # ...and the partition's supervisor
+    after = wait_for(lambda: (status() or {}).get("restarts") == 1 and status(),
+                     what="partition restarted")
+    assert after["pid"] != before["pid"]
+    assert after["queues"]["default"]["restarts"] == 0  # a new consumer, counted afresh
 
 
 def test_partition_commands(node, partition):
