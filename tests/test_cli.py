@@ -83,6 +83,14 @@ def test_errors_exit_non_zero(node, tmp_path):
     assert done.returncode == 2 and "must be a JSON object" in done.stderr
 
 
+def test_run_refuses_to_take_a_live_nodes_socket(node, tmp_path):
+    done = roger_cli("run", "--control-socket", str(node.settings.control_socket),
+                     cwd=tmp_path)
+    assert done.returncode == 1
+    assert "another node is serving the control socket" in done.stderr
+    assert node.status()["node"] == node.settings.node_name  # undisturbed
+
+
 def test_ctl_finds_the_only_node_without_a_name(node, capsys):
     # No --node-name and no --control-socket: the one live socket in state_dir.
     assert cli.main(["ctl", "status", "--json",
