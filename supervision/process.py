@@ -33,18 +33,33 @@ def spawn(spec: ChildSpec, extra_args: tuple = (), close_in_child: Iterable[Any]
 ]:
     """Start `spec` in a new process; return (process, parent end of its link)."""
     parent_conn, child_conn = _ctx.Pipe(duplex=True)
-    proc = _ctx.Process(
-        target=_bootstrap,
-        args=(spec, extra_args, child_conn, os.getpid(), [parent_conn, *close_in_child]),
-        name=str(spec.id),
-    )
-    proc.start()
+    # Until `_bootstrap` resets them, the child runs its parent's Python signal
+    # handlers, whose C half writes to the parent's wakeup fd: a SIGTERM sent to
+    # a just-forked child would be swallowed by it and read by its supervisor as
+    # its own SIGTERM. Block those signals across the fork; the child unblocks
+    # them once its handlers are its own.
+    handled = _python_handled_signals()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    try:
+        proc = _ctx.Process(
+            target=_bootstrap,
+            args=(spec, extra_args, child_conn, os.getpid(), [parent_conn, *close_in_child],
+                  mask),
+            name=str(spec.id),
+        )
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     child_conn.close()
     return proc, link_mod.Link(parent_conn)
 
 
+def _python_handled_signals() -> set[int]:
+    return {s for s in signal.valid_signals() if callable(signal.getsignal(s))}
+
+
 def _bootstrap(spec: ChildSpec, extra_args: tuple, conn: Any, parent_pid: int,
-               to_close: list[Any]) -> None:
+               to_close: list[Any], mask: Iterable[int] = ()) -> None:
     die_with_parent(parent_pid)
     try:
         os.setpgid(0, 0)
@@ -62,6 +77,7 @@ def _bootstrap(spec: ChildSpec, extra_args: tuple, conn: Any, parent_pid: int,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     link_mod._set_parent(link_mod.Link(conn))
     spec.start(*spec.args, *extra_args, **spec.kwargs)
 
