@@ -38,7 +38,7 @@ class Config:
     @classmethod
     def make(cls, quick: bool, repeat: int | None = None) -> Config:
         if quick:
-            return cls(quick=True, repeat=repeat or 2, throughput_jobs=2_000,
+            return cls(quick=True, repeat=repeat or 1, throughput_jobs=2_000,
                        enqueue_single=200, enqueue_bulk=2_000, latency_jobs=100,
                        scale_partitions=(1, 10), scale_jobs=2_000)
         return cls(quick=False, repeat=repeat or 3, throughput_jobs=20_000,

@@ -15,8 +15,8 @@ from typing import Any
 import kombu
 
 from benchmarks import rabbit
-from benchmarks.common import BenchError, Config, Samples
-from benchmarks.report import Metric, Ratio, Section, progress
+from benchmarks.common import Config, Samples
+from benchmarks.report import Metric, Ratio, Section, progress, take
 from benchmarks.systems import CelerySystem, DramatiqSystem, KombuSystem, RogerSystem, System
 
 WARM_UP = 10
@@ -122,14 +122,12 @@ def run(cfg: Config, workdir: str) -> Section:
     for rep in range(cfg.repeat):
         order = cases[rep % len(cases):] + cases[:rep % len(cases)]
         for n, case in enumerate(order):
-            try:
-                rate = measure(case, cfg, f"en{rep}{n}")
-            except Exception as e:  # one failed sample must not lose the others
-                progress(f"enqueue {rep + 1}/{cfg.repeat} {case.label}: FAILED: {e}")
-                samples.fail(case.label, str(e) if isinstance(e, BenchError) else repr(e))
-                continue
-            samples.add(case.label, {"rate": rate}, rep)
-            progress(f"enqueue {rep + 1}/{cfg.repeat} {case.label}: {rate:,.0f} msg/s")
+            tag = f"en{rep}{n}"
+            metrics = take(samples, case.label, rep, f"enqueue {rep + 1}/{cfg.repeat}",
+                           lambda a, case=case, tag=tag: {"rate": measure(case, cfg, f"{tag}a{a}")})
+            if metrics is not None:
+                progress(f"enqueue {rep + 1}/{cfg.repeat} {case.label}: "
+                         f"{metrics['rate']:,.0f} msg/s")
     # Keep the table in the order of the cases, not of the last repeat.
     samples.values = {c.label: samples.values[c.label] for c in cases if c.label in samples.values}
     ratios = []

@@ -12,8 +12,8 @@ import tempfile
 import time
 
 from benchmarks import rabbit
-from benchmarks.common import BenchError, Config, Samples, Summary, percentile
-from benchmarks.report import Metric, Ratio, Section, progress
+from benchmarks.common import Config, Samples, Summary, percentile
+from benchmarks.report import Metric, Ratio, Section, progress, take
 from benchmarks.systems import CelerySystem, DramatiqSystem, RogerSystem, System, log_path
 from benchmarks.tally import Tally
 
@@ -70,15 +70,13 @@ def run(cfg: Config, workdir: str) -> Section:
     for rep in range(cfg.repeat):
         order = FACTORIES[rep % len(FACTORIES):] + FACTORIES[:rep % len(FACTORIES)]
         for k, (label, make) in enumerate(order):
-            try:
-                metrics = measure(make(cfg, f"la{rep}{k}"), n, workdir)
-            except Exception as e:  # one failed sample must not lose the others
-                progress(f"latency {rep + 1}/{cfg.repeat} {label}: FAILED: {e}")
-                samples.fail(label, str(e) if isinstance(e, BenchError) else repr(e))
-                continue
-            samples.add(label, metrics, rep)
-            progress(f"latency {rep + 1}/{cfg.repeat} {label}: p50 {metrics['p50']:.2f} ms, "
-                     f"p99 {metrics['p99']:.2f} ms")
+            tag = f"la{rep}{k}"
+            metrics = take(samples, label, rep, f"latency {rep + 1}/{cfg.repeat}",
+                           lambda a, make=make, tag=tag: measure(make(cfg, f"{tag}a{a}"), n,
+                                                                 workdir))
+            if metrics is not None:
+                progress(f"latency {rep + 1}/{cfg.repeat} {label}: p50 {metrics['p50']:.2f} ms, "
+                         f"p99 {metrics['p99']:.2f} ms")
     samples.values = {label: samples.values[label] for label, _ in FACTORIES
                       if label in samples.values}
     extra = ["| target | figure | median | met |", "|---|---|---|---|"]

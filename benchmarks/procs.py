@@ -95,6 +95,62 @@ def memory(pids: Sequence[int]) -> dict[str, float]:
     return {k: v / PAGE_KB for k, v in total.items()}
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of `pids`, including their reaped children, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2:].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / ticks
+
+
+def broker_pids() -> list[int]:
+    """RabbitMQ's Erlang VM (beam.smp) on this machine, to charge it its CPU time."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == "beam.smp":
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+class CpuMeter:
+    """CPU time of a process tree and of the broker, between marks.
+
+    With it a throughput figure says what a job costs, and whether a run was
+    bound by CPU (both cores busy) or by waiting (round trips, prefetch).
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.broker = broker_pids()
+        self.marks: list[tuple[float, int, float, float]] = []  # (time, jobs, tree s, broker s)
+
+    def mark(self, jobs: int) -> None:
+        self.marks.append((time.monotonic(), jobs, cpu_seconds(list(tree(self.root))),
+                           cpu_seconds(self.broker)))
+
+    def between(self) -> dict[str, float]:
+        """Per job CPU (µs) of the system and of the broker between the first and last mark,
+        and how busy the machine's cores were with both (%)."""
+        if len(self.marks) < 2 or self.marks[-1][1] <= self.marks[0][1]:
+            return {}
+        (t0, j0, s0, b0), (t1, j1, s1, b1) = self.marks[0], self.marks[-1]
+        jobs, cores = j1 - j0, len(os.sched_getaffinity(0))
+        return {"cpu_sut": (s1 - s0) / jobs * 1e6, "cpu_broker": (b1 - b0) / jobs * 1e6,
+                "busy": (s1 - s0 + b1 - b0) / ((t1 - t0) * cores) * 100}
+
+
 def _kill(pids: dict[int, int], sig: int) -> None:
     for pid, start in pids.items():
         st = _stat(pid)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchmarks.common import Samples, Summary
+from benchmarks.common import BenchError, Samples, Summary
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Section:
         if self.ratios:
             lines += ["", *ratios_table(self.samples, self.ratios, self.metrics)]
         if self.samples.errors:
-            lines += ["", "Failed runs (left out of the figures):", ""]
+            lines += ["", "Failed attempts (each is retried once; only successful runs make "
+                      "the figures):", ""]
             for system, errors in self.samples.errors.items():
                 lines += [f"- {system}: {e}" for e in errors]
         if self.extra:
@@ -93,3 +96,28 @@ def ratios_table(samples: Samples, ratios: list[Ratio], metrics: list[Metric]) -
 def progress(message: str) -> None:
     """One line of progress on stderr (stdout gets the tables)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def take(samples: Samples, label: str, rep: int, where: str,
+         measure: Callable[[int], dict[str, float]], retries: int = 1) -> dict[str, float] | None:
+    """Run `measure(attempt)` into `samples`; None (and the error recorded) if it failed.
+
+    A failed measurement is retried once: the broker is shared, and other
+    users' tests may drop its connections or restart it under us. Every
+    failure is still listed in the results. `attempt` (0, 1) goes into the
+    names a measurement declares, so a retry never meets its predecessor's queues.
+    """
+    for attempt in range(retries + 1):
+        try:
+            metrics = measure(attempt)
+        except Exception as e:  # one failed sample must not lose the others
+            text = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+            again = attempt < retries
+            progress(f"{where} {label}: FAILED{' (retrying)' if again else ''}: {text}")
+            samples.fail(label, f"run {rep + 1}: {text[:500]}")
+            if again:
+                time.sleep(5)  # a restarting broker needs a moment
+            continue
+        samples.add(label, metrics, rep)
+        return metrics
+    return None

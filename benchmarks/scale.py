@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 
 from benchmarks import procs, throughput
-from benchmarks.common import BenchError, Config, Samples, Summary
-from benchmarks.report import Metric, Ratio, Section, progress
+from benchmarks.common import Config, Samples, Summary
+from benchmarks.report import Metric, Ratio, Section, progress, take
 from benchmarks.systems import RogerSystem, System, log_path
 
 SETTLE = 2.0  # seconds after start before measuring: lazy imports and first heartbeats done
@@ -57,16 +57,15 @@ def _idle(cfg: Config, workdir: str) -> tuple[Samples, list[str]]:
             if rep > 0 and p > 10:
                 continue
             label = _label(queue_type, p)
-            try:
-                metrics = measure_idle(cfg, queue_type, p, f"sc{rep}{queue_type[0]}{p}", workdir)
-            except Exception as e:  # one failed sample must not lose the others
-                progress(f"scale {rep + 1}/{cfg.repeat} {label}: FAILED: {e}")
-                samples.fail(label, str(e) if isinstance(e, BenchError) else repr(e))
-                continue
-            samples.add(label, metrics, rep)
-            progress(f"scale {rep + 1}/{cfg.repeat} {label}: started in {metrics['start']:.1f} s,"
-                     f" USS {metrics['uss']:.0f} MiB, PSS {metrics['pss']:.0f} MiB, "
-                     f"{metrics['procs']:.0f} processes")
+            tag = f"sc{rep}{queue_type[0]}{p}"
+            metrics = take(samples, label, rep, f"scale {rep + 1}/{cfg.repeat}",
+                           lambda a, qt=queue_type, p=p, tag=tag: measure_idle(
+                               cfg, qt, p, f"{tag}a{a}", workdir),
+                           retries=1 if p <= 10 else 0)
+            if metrics is not None:
+                progress(f"scale {rep + 1}/{cfg.repeat} {label}: started in "
+                         f"{metrics['start']:.1f} s, USS {metrics['uss']:.0f} MiB, "
+                         f"PSS {metrics['pss']:.0f} MiB, {metrics['procs']:.0f} processes")
     return samples, [line for qt in QUEUE_TYPES for line in _marginal(cfg, samples, qt)]
 
 

@@ -218,7 +218,9 @@ class CelerySystem(System):
         return self.proc
 
     def close_producer(self) -> None:
-        self.app.app.pool.force_close_all()
+        # Nothing: the app's connection pool lives as long as the process, as in
+        # a Celery user's process (closing it would break the module-level app).
+        pass
 
 
 # --------------------------------------------------------------- dramatiq

@@ -56,15 +56,18 @@ class Tally:
             self.values[index] = float(fields[2])
 
     def wait(self, n: int, timeout: float, alive: Callable[[], bool] = lambda: True,
-             what: str = "jobs") -> None:
+             what: str = "jobs", on_count: Callable[[int], None] | None = None) -> None:
         """Block until `n` unique jobs ran; `BenchError` on timeout, a stall or a dead system.
 
         Bounded twice: `timeout` in all, and 30 s without any progress.
+        `on_count(count)` is called after every read.
         """
         deadline = time.monotonic() + timeout
         last_count, last_progress = -1, time.monotonic()
         while True:
             count = self.poll()
+            if on_count is not None:
+                on_count(count)
             if count >= n:
                 return
             now = time.monotonic()

@@ -7,9 +7,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from benchmarks import rabbit
-from benchmarks.common import BenchError, Config, Samples, rates
-from benchmarks.report import Metric, Ratio, Section, progress
+from benchmarks import procs, rabbit
+from benchmarks.common import Config, Samples, rates
+from benchmarks.report import Metric, Ratio, Section, progress, take
 from benchmarks.systems import (
     CelerySystem,
     DramatiqSystem,
@@ -35,6 +35,9 @@ FACTORIES: list[tuple[str, Callable[[Config, str], System]]] = [
 METRICS = [
     Metric("steady", "steady jobs/s"),
     Metric("from_start", "jobs/s from start"),
+    Metric("cpu_sut", "CPU µs/job, system"),
+    Metric("cpu_broker", "CPU µs/job, RabbitMQ"),
+    Metric("busy", "cores busy %"),
     Metric("node_start", "Node.start() s", "{:.2f}"),
     Metric("enqueue", "enqueue msg/s"),
 ]
@@ -57,8 +60,16 @@ def measure(system: System, n: int, workdir: str) -> dict[str, float]:
             info = system.wait_ready()
             metrics["node_start"] = info["ready"] - info["start"]
         tally = Tally(out)
-        tally.wait(n, timeout=120 + n / 100, alive=proc.alive)
+        meter = procs.CpuMeter(proc.pid)
+
+        def on_count(count: int) -> None:
+            # CPU over the steady window only: start-up costs are not per job.
+            if count >= (0.1 if not meter.marks else 0.9) * n and len(meter.marks) < 2:
+                meter.mark(count)
+
+        tally.wait(n, timeout=120 + n / 100, alive=proc.alive, on_count=on_count)
         metrics |= rates(n, proc.started, list(tally.done.values()))
+        metrics |= meter.between()
         if tally.duplicates:
             progress(f"  note: {tally.duplicates} jobs ran twice (redelivered)")
         return metrics
@@ -74,16 +85,13 @@ def run_systems(cfg: Config, workdir: str, name: str, n: int,
     for rep in range(cfg.repeat):
         order = factories[rep % len(factories):] + factories[:rep % len(factories)]
         for label, make in order:
-            try:
-                metrics = measure(make(cfg, f"{name[:2]}{rep}{len(samples.values)}"), n, workdir)
-            except Exception as e:  # one failed sample must not lose the others
-                e = e if isinstance(e, BenchError) else BenchError(f"{type(e).__name__}: {e}")
-                progress(f"{name} {rep + 1}/{cfg.repeat} {label}: FAILED: {e}")
-                samples.fail(label, str(e))
-                continue
-            samples.add(label, metrics, rep)
-            progress(f"{name} {rep + 1}/{cfg.repeat} {label}: steady {metrics['steady']:,.0f}/s,"
-                     f" from start {metrics['from_start']:,.0f}/s")
+            tag = f"{name[:2]}{rep}{len(samples.values)}"
+            metrics = take(samples, label, rep, f"{name} {rep + 1}/{cfg.repeat}",
+                           lambda a, make=make, tag=tag: measure(make(cfg, f"{tag}a{a}"), n,
+                                                                 workdir))
+            if metrics is not None:
+                progress(f"{name} {rep + 1}/{cfg.repeat} {label}: steady "
+                         f"{metrics['steady']:,.0f}/s, from start {metrics['from_start']:,.0f}/s")
     return samples
 
 
@@ -108,6 +116,10 @@ def run(cfg: Config, workdir: str) -> Section:
         "seen (no duplicates counted). *From start*: jobs/s from launching the worker process "
         "(interpreter start and imports included, for every system) to the last job. "
         "*Steady*: jobs/s between the 10th and the 90th percentile of completions.",
+        "*CPU µs/job*: CPU time (user + system, from /proc) per job over the steady window, "
+        "of the system's whole process tree and of RabbitMQ's Erlang VM; *cores busy %*: "
+        "both together over the machine's cores. Well under 100 % means the system waits "
+        "(round trips, a small prefetch) rather than computes.",
         "*Node.start() s*: roger only, how long `roger.Node(settings).start()` took to "
         "return (partition consuming). *enqueue msg/s*: the filling phase, for context "
         "(roger: `enqueue_many` in batches of 1,000, confirmed; peers: unconfirmed).",
