@@ -125,6 +125,8 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         raise RequestError("a request must be UTF-8 text") from None
     except ValueError as e:
         raise RequestError(f"a request must be a JSON object: {e}") from None
+    except RecursionError:  # "[[[[..." within the line cap: the decoder gives up
+        raise RequestError("a request must be a JSON object, not nested this deep") from None
     if not isinstance(request, dict):
         raise RequestError(f"a request must be a JSON object, got {_json_type(request)}")
     cmd = request.pop("cmd", None)

@@ -201,6 +201,10 @@ class ControlServer:
         except RequestError as e:
             self._reply(conn, {"ok": False, "error": str(e)})
             return
+        except Exception as e:  # a parser bug must cost one reply, never the server
+            log.exception("control socket: could not parse a request")
+            self._reply(conn, {"ok": False, "error": f"bad request: {type(e).__name__}"})
+            return
         if self.shutting_down:
             self._reply(conn, {"ok": False, "error": "the node is shutting down"})
             return

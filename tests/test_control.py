@@ -187,6 +187,7 @@ def test_shutdown_replies_then_stops_the_node(node):
     (b"\xff\xfe garbage", "UTF-8"),
     (b"not json", "JSON object"),
     (b"[1, 2, 3]", "got an array"),
+    (b"[" * 60_000, "nested"),  # under the line cap, over the JSON decoder's depth
     (b'"status"', "got a string"),
     (b"{}", '"cmd"'),
     (b'{"cmd": 7}', '"cmd"'),
