@@ -115,6 +115,8 @@ class Link:
                     if left is not None and not self.conn.poll(left):
                         raise CallTimeout(f"no reply to {_describe(payload)} within {timeout} s")
                     msg = self.conn.recv()
+                except CallTimeout:  # a TimeoutError, hence an OSError: not "gone"
+                    raise
                 except (OSError, EOFError):
                     raise SupervisorGone(
                         f"gone before replying to {_describe(payload)}"

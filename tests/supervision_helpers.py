@@ -247,3 +247,46 @@ def append_line(path: Path | str, text: str) -> None:
         os.write(fd, text.encode() + b"\n")
     finally:
         os.close(fd)
+
+
+class Unpicklable(Exception):
+    def __init__(self, text):
+        super().__init__(text)
+        self.fn = lambda: None  # pickling this error fails
+
+
+def answer(payload: Any, args: tuple) -> Any:
+    """What `serve` replies to a call."""
+    op, *rest = payload
+    if op == "args":
+        return args
+    if op == "add":
+        return sum(rest)
+    if op == "pid":
+        return os.getpid()
+    if op == "supervised":
+        return supervision.is_supervised()
+    if op == "raise":
+        raise ValueError(rest[0])
+    if op == "unpicklable":
+        raise Unpicklable(rest[0])
+    raise ValueError(f"unknown op {op!r}")
+
+
+def serve(*args: Any) -> None:
+    """A child that answers calls (see `answer`) and obeys casts, over its link."""
+    link = supervision.parent()
+    while True:
+        msg = link.recv()
+        if msg[0] == "call":
+            link.answer(msg, lambda payload: answer(payload, args))
+        elif msg[0] == "cast":
+            op, *rest = msg[1]
+            if op == "exit":
+                sys.exit(rest[0])
+            elif op == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif op == "echo":
+                link.event(("echo", *rest))
+            elif op == "ask":  # call our own supervisor; its answer goes up as an event
+                link.event(("answer", link.call(rest[0], timeout=5)))
