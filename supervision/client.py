@@ -64,6 +64,11 @@ class SupervisorAPI:
         """Call one of the supervisor's children over its link."""
         return self._request(("call_child", child_id, payload, timeout), timeout)
 
+    def cast_child(self, child_id: Any, payload: Any, timeout: float | None = DEFAULT_TIMEOUT
+                   ) -> None:
+        """Send one of the supervisor's children a message that wants no reply."""
+        return self._request(("cast_child", child_id, payload), timeout)
+
     def child(self, child_id: Any) -> ChildSupervisor:
         """A reference to a supervisor nested below this one."""
         return ChildSupervisor(self, child_id)
