@@ -19,6 +19,7 @@ from .events import ChildInfo, describe_exit
 from .link import Link
 
 DEFAULT_TIMEOUT = 30.0
+_NO_ARGS: Any = object()  # start_child() of a DynamicSupervisor takes no spec
 
 
 class SupervisorAPI:
@@ -27,13 +28,15 @@ class SupervisorAPI:
     def _request(self, payload: tuple, timeout: float | None) -> Any:
         raise NotImplementedError
 
-    def start_child(self, spec: Any, *args: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+    def start_child(self, spec: Any = _NO_ARGS, *args: Any,
+                    timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Start a new child; returns its id.
 
         For a `DynamicSupervisor`, pass the extra start arguments instead of
-        a spec: ``pool.start_child(42)``.
+        a spec: ``pool.start_child(42)``, or none: ``pool.start_child()``.
         """
-        return self._request(("start_child", spec, *args), timeout)
+        args = args if spec is _NO_ARGS else (spec, *args)
+        return self._request(("start_child", *args), timeout)
 
     def terminate_child(self, child_id: Any, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         """Stop a child per its `shutdown`; its spec stays (unless temporary)."""
