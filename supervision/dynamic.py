@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from .errors import MaxChildren
+from .errors import InvalidSpec, MaxChildren
 from .events import Event
 from .spec import ChildSpec
 from .supervisor import Supervisor
@@ -42,7 +42,7 @@ class DynamicSupervisor(Supervisor):
         super().__init__((), "one_for_one", intensity, period, name or f"{spec.id}-pool",
                          on_event=on_event, handler=handler, on_shutdown=on_shutdown)
         if max_children is not None and (not isinstance(max_children, int) or max_children < 0):
-            raise ValueError(f"max_children: must be an int >= 0 or None, got {max_children!r}")
+            raise InvalidSpec(f"max_children: must be an int >= 0 or None, got {max_children!r}")
         self.spec = spec
         self.max_children = max_children
         self._seq = itertools.count(1)
