@@ -32,6 +32,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,7 @@ def bind_socket(path: str | os.PathLike[str]) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sock.listen(16)
+    sock.listen(64)
     sock.setblocking(False)
     return sock
 
@@ -315,17 +316,32 @@ class Client:
     def connect(self) -> Client:
         """Connect now (`request` connects on first use anyway)."""
         if self._sock is None:
+            self._sock = self._connect(os.fspath(check_socket_path(self.path)))
+            self._buf.clear()
+        return self
+
+    def _connect(self, path: str) -> socket.socket:
+        # A full backlog (a burst of clients) fails a Unix connect at once
+        # with EAGAIN instead of queueing it: try again within the timeout.
+        deadline = time.monotonic() + (self.timeout if self.timeout is not None else 10.0)
+        delay = 0.005
+        while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
             try:
-                sock.connect(os.fspath(check_socket_path(self.path)))
+                sock.connect(path)
+                return sock
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + delay > deadline:
+                    raise ControlError(f"the node at {self.path} is not accepting "
+                                       "connections (too busy?)") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
             except OSError as e:
                 sock.close()
                 raise ControlError(f"cannot connect to the control socket {self.path}: "
                                    f"{e.strerror or e} (is the node running?)") from None
-            self._sock = sock
-            self._buf.clear()
-        return self
 
     def request(self, cmd: str, **fields: Any) -> dict:
         """Send ``{"cmd": cmd, **fields}``; return the reply (``ok`` is true)."""

@@ -133,13 +133,19 @@ class ControlServer:
                 self._read(conn)
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:  # EMFILE and friends: the next attempt may succeed
-            log.warning("control socket: accept failed: %s", e)
-            return
+        # Empty the backlog: a connect to a Unix socket with a full backlog
+        # fails at once (EAGAIN) rather than waiting its turn.
+        for _ in range(MAX_CONNECTIONS):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: the next attempt may succeed
+                log.warning("control socket: accept failed: %s", e)
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         uid = peer_uid(sock)
         if not allowed_uid(uid):

@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from testjobs import Record, WaitForKill, read
 
 import roger
 from roger.control import MAX_LINE, Client, bind_socket, find_socket
+from roger.control_server import MAX_CONNECTIONS
 from roger.errors import ControlError
 from roger.node import Node
 
@@ -25,10 +27,19 @@ class Raw:
     """A bare connection to the control socket, for bytes no `Client` would send."""
 
     def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(str(path))
+        self.sock = wait_for(lambda: self._connect(path), what="connected")
         self.buf = b""
+
+    @staticmethod
+    def _connect(path: Path) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:  # a full backlog: the server is still accepting
+            sock.close()
+            return None
+        return sock
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -258,6 +269,43 @@ def test_a_silent_client_does_not_block_others(node):
     finally:
         silent.close()
         half.close()
+
+
+def test_connections_are_capped_and_a_freed_slot_is_reused(node):
+    path = node.settings.control_socket
+    held = [Raw(path) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for raw in held[:1]:  # every one of them is being served...
+            raw.send(b'{"cmd": "status"}\n')
+            assert raw.reply()["ok"]
+        extra = Raw(path)  # ...and one more is told why it cannot be
+        assert "too many connections" in extra.reply()["error"] and extra.at_eof()
+        held.pop().close()
+        wait_for(lambda: _status_ok(path), what="a free slot")
+    finally:
+        for raw in held:
+            raw.close()
+
+
+def _status_ok(path: Path) -> bool:
+    raw = Raw(path)
+    try:
+        raw.send(b'{"cmd": "status"}\n')
+        return raw.reply().get("ok", False)
+    except (AssertionError, OSError):
+        return False
+    finally:
+        raw.close()
+
+
+def test_a_burst_of_clients_is_served(node):
+    # More connects at once than the listen backlog holds: Client retries EAGAIN.
+    def one(_: int) -> bool:
+        with Client(node.settings.control_socket, timeout=30) as c:
+            return c.request("status")["ok"]
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        assert all(pool.map(one, range(96)))
 
 
 def test_client_errors(tmp_path, node):
