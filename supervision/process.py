@@ -48,6 +48,13 @@ def spawn(spec: ChildSpec, extra_args: tuple = (), close_in_child: Iterable[Any]
             name=str(spec.id),
         )
         proc.start()
+        # The child leaves our process group itself, but maybe not yet: do it
+        # from here too (as shells do), so that it is out of the group when we
+        # return, and a Ctrl-C to the group never reaches a just-started child.
+        try:
+            os.setpgid(proc.pid, proc.pid)
+        except OSError:  # it did already, or died, or is not permitted: harmless
+            pass
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     child_conn.close()
