@@ -1,6 +1,8 @@
 import pytest
 from supervision_helpers import Trees
 
+pytest_plugins = ["roger_fixtures"]  # fixtures for tests that run real nodes
+
 
 @pytest.fixture
 def trees(tmp_path):
