@@ -1,0 +1,1040 @@
+"""The ledger run: proof that roger loses no job under faults (issue 7).
+
+``python -m benchmarks.chaos --jobs 10000 --duration 300`` publishes N
+uniquely numbered jobs, with publisher confirms, into 2 partitions x 2
+queues served by 2 nodes (``python -m roger.supervisor`` subprocesses with
+their own node name and control socket, one shared state_dir), while a
+fault injector strikes at random moments for `duration` seconds. Each job
+appends its completion (number, job id, node, pid, attempt, redelivered)
+to a per-process file (see `benchmarks.chaos_jobs`), a sink no fault can
+take back.
+
+When the faults stop and every confirmed job is accounted for (or a
+bounded drain deadline passes), every confirmed job id is classified:
+
+- **done once**;
+- **duplicated**: done more than once. At-least-once delivery makes this
+  unavoidable when a job finished but its ack never reached RabbitMQ (the
+  consumer, its partition, its node, its connection or the broker died in
+  between), or when a worker died after the job's work but before its
+  outcome, or when a producer re-published a batch whose confirm never came.
+  Every extra run is matched to the fault whose time window explains it;
+  an extra run no fault explains is a bug, and is reported as such;
+- **dead-lettered**: in ``<p>-<q>.buried`` or ``.rejected``, with its reason;
+- **still queued** at the deadline (a node failed to recover);
+- **lost**: none of the above. Must be 0.
+
+The short form (`ChaosConfig.short`, run by ``tests/test_chaos.py``) injects
+each fault kind exactly once, in a fixed order, each on a healthy system.
+
+The broker is always restored (``start_app``, memory watermark 0.4, SIGCONT
+for anything stopped) and every process started here is ended, whatever
+happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kombu
+
+import roger
+from benchmarks.chaos_jobs import LedgerJob
+from benchmarks.common import BROKER_URL, ROOT
+from benchmarks.procs import tree
+from roger.control import Client
+
+# ----------------------------------------------------------------- fault kinds
+
+KILL_WORKER = "kill_worker"
+KILL_CONSUMER = "kill_consumer"
+KILL_PARTITION = "kill_partition"
+KILL_NODE = "kill_node"
+CLOSE_CONNECTIONS = "close_connections"
+BROKER_RESTART = "broker_restart"
+MEMORY_ALARM = "memory_alarm"
+STOP_CONSUMER = "stop_consumer"
+RESTART_PARTITION = "restart_partition"
+
+# The short form's order. The broker restart comes last: its recovery (the
+# partitions wait with backoff while the broker is down) overlaps the drain.
+FAULT_KINDS = (KILL_WORKER, KILL_CONSUMER, STOP_CONSUMER, KILL_PARTITION, RESTART_PARTITION,
+               MEMORY_ALARM, CLOSE_CONNECTIONS, KILL_NODE, BROKER_RESTART)
+
+DESCRIPTIONS = {
+    KILL_WORKER: "SIGKILL a worker mid-job",
+    KILL_CONSUMER: "SIGKILL a consumer",
+    KILL_PARTITION: "SIGKILL a partition supervisor",
+    KILL_NODE: "SIGKILL a whole node, start it again",
+    CLOSE_CONNECTIONS: "rabbitmqctl close_all_connections",
+    BROKER_RESTART: "rabbitmqctl stop_app, start_app",
+    MEMORY_ALARM: "memory alarm (watermark 0, then 0.4) while publishing",
+    STOP_CONSUMER: "SIGSTOP a consumer past 2 heartbeats, SIGCONT",
+    RESTART_PARTITION: "restart_partition on the control socket",
+}
+
+# Why each fault kind can make a finished job run again (the output's legend).
+WHY_DUPLICATES = {
+    KILL_WORKER: "the worker died after the job's work, before reporting its outcome: "
+                 "the consumer settles it as crashed and retries it",
+    KILL_CONSUMER: "jobs finished but not yet acked die with the consumer's connection; "
+                   "RabbitMQ redelivers them",
+    KILL_PARTITION: "its consumers die with it: finished, unacked jobs are redelivered",
+    KILL_NODE: "every consumer of the node dies: finished, unacked jobs are redelivered",
+    CLOSE_CONNECTIONS: "acks of jobs finishing while the connection drops are lost; "
+                       "RabbitMQ redelivers them",
+    BROKER_RESTART: "as close_connections, for every connection, plus the broker's restart",
+    MEMORY_ALARM: "a blocked connection cannot confirm a retry or deliver acks in time, and "
+                  "a producer re-publishes a batch whose confirms never came",
+    STOP_CONSUMER: "RabbitMQ declares the frozen consumer dead after 2 missed heartbeats and "
+                   "redelivers its jobs, while its workers (not frozen) finish them",
+    RESTART_PARTITION: "none expected: the partition drains gracefully",
+    "producer_republish": "the producer re-published records whose confirm never came "
+                          "(the first publish was queued after all)",
+}
+
+RABBITMQCTL_TIMEOUT = 120.0
+WATERMARK_NORMAL = "0.4"
+# How long around a fault's window a finished job's lost ack can come from it.
+DUP_SLACK_BEFORE, DUP_SLACK_AFTER = 2.0, 3.0
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass
+class ChaosConfig:
+    """One ledger run's parameters; `short()` is the test's form."""
+
+    jobs: int = 10_000
+    duration: float = 300.0  # seconds of faults; producers publish over the same window
+    seed: int | None = None
+    deterministic: bool = False  # each fault kind once, in FAULT_KINDS order, evenly spaced
+    workers: int = 2  # per queue and node
+    job_sleep: float = 0.3  # at most this many seconds of "work" per job (uniform)
+    heartbeat: float = 2.0
+    shutdown_timeout: float = 5.0
+    confirm_timeout: float = 3.0
+    retry_levels: tuple[int, ...] = (1, 2, 4, 8, 16)
+    gap: tuple[float, float] = (3.0, 15.0)  # seconds between random faults
+    hold: float = 20.0  # a victim job's wait for its worker to be killed
+    stop_for: float | None = None  # SIGSTOP length; default 3 heartbeats + 1 s
+    alarm_for: float = 5.0  # seconds the memory alarm lasts
+    drain_timeout: float = 180.0
+    workdir: Path | None = None
+    broker_url: str = BROKER_URL
+
+    @classmethod
+    def short(cls, workdir: Path | None = None, jobs: int = 300) -> ChaosConfig:
+        """A few hundred jobs, one of each fault, about a minute and a half."""
+        return cls(jobs=jobs, duration=30.0, seed=7, deterministic=True, gap=(1.0, 1.0),
+                   drain_timeout=90.0, workdir=workdir)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def rabbitmqctl(*args: str, timeout: float = RABBITMQCTL_TIMEOUT) -> str:
+    """Run rabbitmqctl; raises RuntimeError with its stderr when it fails."""
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def restore_broker() -> list[str]:
+    """Undo every broker fault, whatever state it is in; returns what failed."""
+    problems = []
+    for args in (("start_app",), ("set_vm_memory_high_watermark", WATERMARK_NORMAL),
+                 ("await_startup",)):
+        try:
+            rabbitmqctl(*args)
+        except Exception as e:  # keep restoring the rest
+            problems.append(str(e))
+    return problems
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks, or None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def _survivors(procs: dict[int, int]) -> list[int]:
+    """The pids of `procs` (pid -> start time) still alive (same start time: not reused)."""
+    return [pid for pid, start in procs.items() if _start_time(pid) == start]
+
+
+def _kill_all(procs: dict[int, int], sig: int = signal.SIGKILL) -> None:
+    for pid in _survivors(procs):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(procs: dict[int, int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _survivors(procs)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------- nodes
+
+
+class ChaosNode:
+    """One roger node, ``python -m roger.supervisor`` in its own session."""
+
+    def __init__(self, name: str, workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.socket = workdir / f"{name}.sock"
+        self.log = workdir / "logs" / f"{name}.log"
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), ROGER_NODE_NAME=name,
+                        ROGER_CONTROL_SOCKET=str(self.socket), **env)
+        self.workdir = workdir
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.known: dict[int, int] = {}  # every process of its tree seen, for cleanup
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "roger.supervisor"], cwd=self.workdir, env=self.env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def status(self, timeout: float = 30.0) -> dict:
+        """The node's status over its control socket (raises on any failure)."""
+        with Client(self.socket, timeout=timeout) as ctl:
+            return ctl.request("status")
+
+    def healthy(self, partitions: dict[str, dict[str, int]]) -> bool:
+        """Every partition running here, every consumer subscribed."""
+        if not self.alive():
+            return False
+        try:
+            status = self.status(timeout=15.0)
+        except Exception:
+            return False
+        running = status.get("running", {})
+        for p, queues in partitions.items():
+            qs = running.get(p, {}).get("queues", {})
+            if not all(isinstance(qs.get(q), dict) and qs[q].get("consuming") for q in queues):
+                return False
+        return True
+
+    def remember_tree(self) -> dict[int, int]:
+        if self.pid is not None:
+            self.known.update(tree(self.pid))
+        return tree(self.pid) if self.pid is not None else {}
+
+    def sigkill(self) -> tuple[dict[int, int], list[int]]:
+        """SIGKILL the root only; returns its tree and what outlived it by 5 s (orphans)."""
+        procs = self.remember_tree()
+        assert self.popen is not None
+        self.popen.kill()
+        self.popen.wait(10)
+        orphans = _wait_gone(procs, 5.0)
+        _kill_all(procs)  # an orphan must not keep consuming behind the ledger's back
+        return procs, orphans
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM the root, then SIGKILL whatever of its tree is left."""
+        procs = self.remember_tree()
+        if self.alive():
+            assert self.popen is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace)
+        _kill_all(procs | self.known)
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(5)
+
+
+# ------------------------------------------------------------------------ ledger
+
+
+@dataclass
+class Completion:
+    n: int
+    id: str
+    node: str
+    pid: int
+    attempt: int
+    redelivered: bool
+    partition: str
+    queue: str
+    started: float
+    t: float
+
+
+class Ledger:
+    """What the producers confirmed, and what the sink says was done."""
+
+    def __init__(self, sink: Path) -> None:
+        self.sink = sink
+        self.lock = threading.Lock()
+        self.next_n = 0
+        self.confirmed: dict[str, int] = {}  # job id -> number
+        self.confirmed_at: dict[str, float] = {}
+        self.publishes: Counter[str] = Counter()  # job id -> publish attempts
+        self.first_publish = self.last_confirm = 0.0
+        self._offsets: dict[Path, int] = {}
+        self.completions: dict[str, list[Completion]] = defaultdict(list)
+
+    def make(self, partition: str, queue: str, sleep: float, hold: float = 0.0) -> LedgerJob:
+        with self.lock:
+            n = self.next_n
+            self.next_n += 1
+        args: dict[str, Any] = {"n": n, "sink": str(self.sink), "sleep": round(sleep, 4)}
+        if hold:
+            args["hold"] = hold
+        job = LedgerJob.create(args)
+        job.target = (partition, queue)  # where it goes (not part of the record)
+        return job
+
+    def publish(self, jobs: list[LedgerJob], settings: roger.Settings,
+                stop: threading.Event | None = None, give_up: float = 300.0) -> bool:
+        """Enqueue `jobs` (one target), retrying the same records on BrokerError.
+
+        Re-publishing the same records is the documented remedy when a
+        publish was not confirmed: it may have been queued, so the ids that
+        needed it are remembered (a duplicate of them is the producer's).
+        Returns False when it gave up (`give_up` seconds of failures).
+        """
+        partition, queue = jobs[0].target
+        deadline = time.monotonic() + give_up
+        while True:
+            with self.lock:
+                for job in jobs:
+                    self.publishes[job.id] += 1
+                if not self.first_publish:
+                    self.first_publish = time.time()
+            try:
+                roger.enqueue_many(jobs, partition, queue, settings=settings)
+            except roger.BrokerError:
+                if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+                    return False
+                time.sleep(0.3)
+                continue
+            now = time.time()
+            with self.lock:
+                for job in jobs:
+                    self.confirmed[job.id] = job.args["n"]
+                    self.confirmed_at[job.id] = now
+                self.last_confirm = now
+            return True
+
+    def read_sink(self) -> None:
+        """Read what the sink files gained since the last call."""
+        for path in sorted(self.sink.glob("*.jsonl")):
+            offset = self._offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line being written is read next time
+            self._offsets[path] = offset + end
+            for line in data[:end].splitlines():
+                if line.strip():
+                    c = Completion(**json.loads(line))
+                    self.completions[c.id].append(c)
+
+    def done_ids(self) -> set[str]:
+        return set(self.completions)
+
+
+# ---------------------------------------------------------------------- faults
+
+
+@dataclass
+class Fault:
+    kind: str
+    start: float
+    end: float = 0.0
+    target: str = ""
+    note: str = ""
+    injected: bool = True
+
+
+@dataclass
+class Target:
+    """A consumer as its node's status shows it, and maybe one of its running jobs."""
+
+    node: ChaosNode
+    partition: str
+    partition_pid: int
+    queue: str
+    info: dict
+    job: dict | None = None
+
+    def __str__(self) -> str:
+        return f"{self.node.name} {self.partition}/{self.queue}"
+
+    def describe_job(self) -> str:
+        if self.job is None:
+            return "-"
+        n = self.job.get("n")
+        return f"victim job #{n}" if n is not None else f"job {self.job['id'][:8]}"
+
+
+class Skip(Exception):
+    """No target for this fault right now (it is tried again later)."""
+
+
+class Injector:
+    """The faults, each a method; every one leaves the broker as it found it."""
+
+    def __init__(self, run: ChaosRun) -> None:
+        self.run = run
+        self.cfg = run.cfg
+        self.rng = random.Random(self.cfg.seed)
+        self.stopped: set[int] = set()  # SIGSTOPped pids, for the final SIGCONT
+        self.faults: list[Fault] = []
+
+    def inject(self, kind: str) -> Fault:
+        fault = Fault(kind, time.time())
+        try:
+            fault.target, fault.note = getattr(self, f"_{kind}")()
+        except Skip as e:
+            fault.injected, fault.note = False, f"skipped: {e}"
+        except Exception as e:  # a fault that failed half-way still counts as tried
+            fault.note = f"error: {type(e).__name__}: {e}"
+            fault.injected = False
+        fault.end = time.time()
+        self.faults.append(fault)
+        self.run.say(f"fault {kind}: {fault.target} {fault.note}".rstrip())
+        return fault
+
+    # -- targets
+
+    def _statuses(self) -> list[tuple[ChaosNode, dict]]:
+        found = []
+        for node in self.run.nodes:
+            if node.alive():
+                with contextlib.suppress(Exception):
+                    found.append((node, node.status(timeout=15.0)))
+        return found
+
+    def _consumers(self) -> list[Target]:
+        out = []
+        for node, status in self._statuses():
+            for p, part in status.get("running", {}).items():
+                for q, info in part.get("queues", {}).items():
+                    if isinstance(info, dict) and info.get("pid") and info.get("consuming"):
+                        out.append(Target(node, p, part.get("pid"), q, info))
+        return out
+
+    def _target(self, need_job: bool = False) -> Target:
+        """Where the next fault strikes.
+
+        The short form aims at a *victim*: a ledger job that waits on its
+        first run, so that every fault surely hits a job in flight. The
+        random form picks a consumer at random, one running jobs if any
+        (with `need_job`, a running job's worker; else a victim after all).
+        """
+        if not self.cfg.deterministic:
+            consumers = self._consumers()
+            running = [Target(t.node, t.partition, t.partition_pid, t.queue, t.info, r)
+                       for t in consumers for r in t.info.get("running", [])
+                       if r.get("worker_pid")]
+            if running:
+                return self.rng.choice(running)
+            if consumers and not need_job:
+                return self.rng.choice(consumers)
+        return self._victim()
+
+    def _victim(self) -> Target:
+        p, q = self.rng.choice(self.run.targets)
+        victim = self.run.ledger.make(p, q, 0.0, hold=self.cfg.hold)
+        if not self.run.ledger.publish([victim], self.run.producer_settings, give_up=30.0):
+            raise Skip("could not publish a victim job")
+        deadline = time.monotonic() + self.cfg.hold - 5.0
+        while time.monotonic() < deadline:
+            for t in self._consumers():
+                for r in t.info.get("running", []):
+                    if r.get("id") == victim.id and r.get("worker_pid"):
+                        return Target(t.node, t.partition, t.partition_pid, t.queue, t.info,
+                                      r | {"n": victim.args["n"]})
+            time.sleep(0.1)
+        raise Skip("the victim job was not seen running")
+
+    # -- the faults: each returns (target, note)
+
+    def _kill_worker(self) -> tuple[str, str]:
+        t = self._target(need_job=True)
+        assert t.job is not None
+        os.kill(t.job["worker_pid"], signal.SIGKILL)
+        return f"{t} worker {t.job['worker_pid']}", f"running {t.describe_job()}"
+
+    def _kill_consumer(self) -> tuple[str, str]:
+        t = self._target()
+        os.kill(t.info["pid"], signal.SIGKILL)
+        return f"{t} consumer {t.info['pid']}", f"{len(t.info['running'])} running"
+
+    def _stop_consumer(self) -> tuple[str, str]:
+        t = self._target()
+        pid = t.info["pid"]
+        stop_for = self.cfg.stop_for or 3 * self.cfg.heartbeat + 1.0
+        self.stopped.add(pid)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(stop_for)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+            self.stopped.discard(pid)
+        return (f"{t} consumer {pid}",
+                f"stopped {stop_for:g} s, {len(t.info['running'])} running")
+
+    def _kill_partition(self) -> tuple[str, str]:
+        t = self._target()
+        pid = t.partition_pid
+        procs = tree(pid)
+        os.kill(pid, signal.SIGKILL)
+        orphans = _wait_gone(procs, 5.0)
+        note = f"ORPHANS left: {orphans}" if orphans else f"{len(procs)} processes gone"
+        _kill_all(procs)
+        return f"{t.node.name} {t.partition} supervisor {pid}", note
+
+    def _restart_partition(self) -> tuple[str, str]:
+        t = self._target()
+        started = time.monotonic()
+        with Client(t.node.socket, timeout=120.0) as ctl:
+            reply = ctl.request("restart_partition", partition=t.partition)
+        state = "running" if t.partition in reply.get("running", {}) else "waiting"
+        return (f"{t.node.name} {t.partition}",
+                f"{len(t.info['running'])} running; back {state} after "
+                f"{time.monotonic() - started:.1f} s")
+
+    def _kill_node(self) -> tuple[str, str]:
+        node = self._target().node
+        root = node.pid
+        procs, orphans = node.sigkill()
+        time.sleep(1.0)  # dead for a moment: the other node takes its share
+        node.start()
+        ready = _wait_until(lambda: node.healthy(self.run.partitions), 90.0)
+        note = f"{len(procs)} processes gone, restarted as {node.pid}"
+        if orphans:
+            note += f"; ORPHANS left: {orphans}"
+        if not ready:
+            note += "; NOT healthy within 90 s"
+        return f"{node.name} root {root}", note
+
+    def _close_connections(self) -> tuple[str, str]:
+        rabbitmqctl("close_all_connections", "roger chaos: ledger run")
+        return "broker", "every connection closed"
+
+    def _broker_restart(self) -> tuple[str, str]:
+        try:
+            rabbitmqctl("stop_app")
+            time.sleep(2.0)
+        finally:
+            rabbitmqctl("start_app")
+            rabbitmqctl("await_startup")
+        return "broker", "stop_app, 2 s down, start_app"
+
+    def _memory_alarm(self) -> tuple[str, str]:
+        # A probe publish of our own, so that a producer surely publishes
+        # under the alarm; it is a ledger job like the others.
+        p, q = self.rng.choice(self.run.targets)
+        probe = self.run.ledger.make(p, q, 0.0)
+        outcome: dict[str, Any] = {}
+
+        def publish_probe() -> None:
+            t0 = time.monotonic()
+            ok = self.run.ledger.publish([probe], self.run.producer_settings, give_up=120.0)
+            outcome["ok"], outcome["blocked"] = ok, time.monotonic() - t0
+
+        rabbitmqctl("set_vm_memory_high_watermark", "0")
+        prober = threading.Thread(target=publish_probe, name="chaos probe", daemon=True)
+        try:
+            prober.start()
+            time.sleep(self.cfg.alarm_for)
+        finally:
+            rabbitmqctl("set_vm_memory_high_watermark", WATERMARK_NORMAL)
+        prober.join(60.0)
+        return ("broker", f"alarm {self.cfg.alarm_for:g} s; probe job #{probe.args['n']} "
+                f"confirmed after {outcome.get('blocked', float('nan')):.1f} s")
+
+    def release(self) -> None:
+        """SIGCONT anything still stopped (after an error half-way)."""
+        for pid in list(self.stopped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.stopped.clear()
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+# ------------------------------------------------------------------------ report
+
+
+@dataclass
+class Report:
+    """The outcome of a ledger run: counts, faults and duplicate causes."""
+
+    cfg: ChaosConfig
+    confirmed: int = 0
+    done_once: int = 0
+    duplicated: int = 0
+    extra_runs: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)  # reason -> jobs
+    still_queued: int = 0
+    lost: int = 0
+    lost_ids: list[str] = field(default_factory=list)
+    unconfirmed_done: int = 0
+    unconfirmed: int = 0  # publishes given up
+    dup_causes: Counter[str] = field(default_factory=Counter)
+    overlapping: int = 0  # duplicates whose runs overlapped in time
+    faults: list[Fault] = field(default_factory=list)
+    t0: float = 0.0
+    publish_seconds: float = 0.0
+    completions: int = 0
+    completion_seconds: float = 0.0
+    drain_seconds: float = 0.0
+    run_seconds: float = 0.0
+    recovered: bool = False  # every node served every partition again after the faults
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dead(self) -> int:
+        return sum(self.dead_lettered.values())
+
+    @property
+    def injected_kinds(self) -> set[str]:
+        return {f.kind for f in self.faults if f.injected}
+
+    def render(self) -> str:
+        """The ledger table, the load, the faults and the duplicates' causes (Markdown)."""
+        c = self.cfg
+        rate = self.confirmed / self.publish_seconds if self.publish_seconds else 0.0
+        done_rate = self.completions / self.completion_seconds if self.completion_seconds else 0
+        dead = ", ".join(f"{r}: {n}" for r, n in sorted(self.dead_lettered.items())) or "-"
+        lines = [
+            f"{c.jobs} numbered jobs into 2 partitions x 2 queues, 2 nodes x {c.workers} "
+            f"workers per queue, {c.duration:g} s of faults "
+            f"({'one of each kind, fixed order' if c.deterministic else f'random, seed {c.seed}'}"
+            f"), heartbeat {c.heartbeat:g} s; run took {self.run_seconds:.0f} s "
+            f"(drain {self.drain_seconds:.0f} s). Both nodes serving every queue again at "
+            f"the end: {'yes' if self.recovered else 'NO'}.",
+            "",
+            "| outcome | jobs |",
+            "| --- | ---: |",
+            f"| confirmed (enqueue returned) | {self.confirmed} |",
+            f"| done once | {self.done_once} |",
+            f"| done more than once (duplicated) | {self.duplicated} "
+            f"({self.extra_runs} extra runs) |",
+            f"| dead-lettered | {self.dead} ({dead}) |",
+            f"| still queued at the deadline | {self.still_queued} |",
+            f"| **lost** | **{self.lost}** |",
+            "",
+            f"Load held: {self.confirmed} jobs confirmed over {self.publish_seconds:.0f} s "
+            f"({rate:.1f} jobs/s published under faults); {self.completions} runs completed "
+            f"over {self.completion_seconds:.0f} s ({done_rate:.1f} jobs/s).",
+        ]
+        if self.unconfirmed or self.unconfirmed_done:
+            lines.append(f"Publishes given up: {self.unconfirmed}; of the never-confirmed "
+                         f"ids, {self.unconfirmed_done} ran anyway (not counted above).")
+        lines += ["", "| # | t (s) | fault | target | outcome |",
+                  "| ---: | ---: | --- | --- | --- |"]
+        for i, f in enumerate(self.faults, 1):
+            lines.append(f"| {i} | {f.start - self.t0:.1f} | {f.kind} | {f.target or '-'} | "
+                         f"{f.note}{'' if f.injected else ' (not injected)'} |")
+        kinds = Counter(f.kind for f in self.faults if f.injected)
+        lines += ["", "Faults injected: " + ", ".join(
+            f"{k} x{kinds[k]}" for k in FAULT_KINDS) + "."]
+        lines += ["", "| duplicates caused by | extra runs | why |", "| --- | ---: | --- |"]
+        for cause, n in self.dup_causes.most_common():
+            lines.append(f"| {cause} | {n} | {WHY_DUPLICATES.get(cause, 'NO FAULT EXPLAINS IT')} |")
+        if not self.dup_causes:
+            lines.append("| - | 0 | |")
+        lines.append("")
+        lines.append(f"Duplicated jobs whose two runs overlapped in time: {self.overlapping} "
+                     "(a redelivery while the first run still went on: a frozen consumer's "
+                     "workers keep running).")
+        for note in self.notes:
+            lines.append(f"\nNote: {note}")
+        if self.lost_ids:
+            lines.append(f"\nLost ids (first 20): {', '.join(self.lost_ids[:20])}")
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- run
+
+
+class ChaosRun:
+    """One ledger run: nodes, producer, injector, drain, classification."""
+
+    def __init__(self, cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.run_id = uuid.uuid4().hex[:8]
+        self.workdir = Path(cfg.workdir or f"/tmp/roger-chaos-{self.run_id}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        sink = self.workdir / "sink"
+        sink.mkdir(exist_ok=True)
+        self.ledger = Ledger(sink)
+        self.partitions = {f"chaos-{self.run_id}-{x}": {"q1": cfg.workers, "q2": cfg.workers}
+                           for x in "ab"}
+        self.targets = [(p, q) for p, qs in self.partitions.items() for q in qs]
+        self.rng = random.Random(cfg.seed)
+        self._log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.t0 = time.time()
+        env = {
+            "ROGER_BROKER_URL": cfg.broker_url,
+            "ROGER_PARTITIONS": json.dumps(self.partitions),
+            "ROGER_IMPORTS": json.dumps(["benchmarks.chaos_jobs"]),
+            "ROGER_STATE_DIR": str(self.workdir / "state"),
+            "ROGER_HEARTBEAT": str(cfg.heartbeat),
+            "ROGER_SHUTDOWN_TIMEOUT": str(cfg.shutdown_timeout),
+            "ROGER_CONFIRM_TIMEOUT": str(cfg.confirm_timeout),
+            "ROGER_RETRY_LEVELS": json.dumps(list(cfg.retry_levels)),
+        }
+        self.nodes = [ChaosNode(f"chaos-{self.run_id}-n{i}", self.workdir, env) for i in (1, 2)]
+        self.producer_settings = roger.Settings(
+            broker_url=cfg.broker_url, confirm_timeout=cfg.confirm_timeout,
+            retry_levels=list(cfg.retry_levels), state_dir=self.workdir / "state")
+        self.injector = Injector(self)
+        self.stop_producing = threading.Event()
+        self.given_up = 0
+
+    def say(self, text: str) -> None:
+        self._log(f"[chaos {time.time() - self.t0:6.1f} s] {text}")
+
+    # -- phases
+
+    def _start_nodes(self) -> None:
+        for node in self.nodes:
+            node.start()
+        for node in self.nodes:
+            if not _wait_until(lambda n=node: n.healthy(self.partitions), 60.0):
+                raise RuntimeError(f"node {node.name} did not start; see {node.log}")
+        self.say(f"2 nodes serving {', '.join(self.partitions)} (workdir {self.workdir})")
+
+    def _produce(self) -> None:
+        """Publish `jobs` records, paced evenly over the fault window, in small batches."""
+        cfg = self.cfg
+        rate = cfg.jobs / cfg.duration
+        start = time.monotonic()
+        sent = 0
+        turn = 0
+        while sent < cfg.jobs and not self.stop_producing.is_set():
+            due = min(cfg.jobs, int(rate * (time.monotonic() - start)) + 1) - sent
+            if due <= 0:
+                time.sleep(min(0.05, 1 / rate))
+                continue
+            p, q = self.targets[turn % len(self.targets)]
+            turn += 1
+            batch = [self.ledger.make(p, q, self.rng.uniform(0, cfg.job_sleep))
+                     for _ in range(min(due, 25))]
+            if not self.ledger.publish(batch, self.producer_settings, self.stop_producing):
+                self.given_up += len(batch)
+            sent += len(batch)
+
+    def _inject(self) -> None:
+        cfg, inj = self.cfg, self.injector
+        end = time.monotonic() + cfg.duration
+        if cfg.deterministic:
+            spacing = cfg.duration / len(FAULT_KINDS)
+            for i, kind in enumerate(FAULT_KINDS):
+                _sleep_until(time.monotonic() + cfg.gap[0])
+                # Each fault strikes a healthy system, so it finds its target.
+                self._wait_healthy(90.0)
+                fault = inj.inject(kind)
+                if not fault.injected:  # once more, after a pause
+                    time.sleep(2.0)
+                    self._wait_healthy(60.0)
+                    inj.inject(kind)
+                _sleep_until(end - cfg.duration + (i + 1) * spacing)
+            return
+        pending = list(FAULT_KINDS)
+        self.rng.shuffle(pending)
+        while time.monotonic() < end:
+            _sleep_until(min(end, time.monotonic() + self.rng.uniform(*cfg.gap)))
+            if time.monotonic() >= end:
+                break
+            kind = pending.pop(0) if pending else self.rng.choice(FAULT_KINDS)
+            fault = inj.inject(kind)
+            if not fault.injected:
+                pending.append(kind)
+        # Each kind at least once, even if the window ran out.
+        for kind in pending:
+            self._wait_healthy(60.0)
+            inj.inject(kind)
+
+    def _wait_healthy(self, timeout: float) -> bool:
+        return _wait_until(lambda: all(n.healthy(self.partitions) for n in self.nodes), timeout)
+
+    def _queue_depths(self) -> dict[str, int] | None:
+        """Messages (ready + unacked) in this run's queues, or None if unknown."""
+        try:
+            out = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages",
+                              timeout=60.0)
+        except Exception:
+            return None
+        depths = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].startswith(f"chaos-{self.run_id}-"):
+                depths[parts[0]] = int(parts[1])
+        return depths
+
+    def _drain(self) -> None:
+        """Wait (bounded) until every confirmed job ran and the work queues are empty."""
+        deadline = time.monotonic() + self.cfg.drain_timeout
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            self.ledger.read_sink()
+            missing = set(self.ledger.confirmed) - self.ledger.done_ids()
+            depths = self._queue_depths()
+            busy = None if depths is None else sum(
+                n for q, n in depths.items() if not q.endswith((".buried", ".rejected")))
+            if busy == 0 and not missing:
+                return
+            if busy == 0 and all(n.healthy(self.partitions) for n in self.nodes):
+                # Nothing left to run: the missing ones are dead-lettered or lost.
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 5.0:
+                    return
+            else:
+                quiet_since = None
+            self.say(f"draining: {len(missing)} confirmed jobs not done yet, "
+                     f"{busy if busy is not None else '?'} messages queued")
+            time.sleep(2.0)
+        self.say("drain deadline passed")
+
+    def _leftovers(self) -> tuple[dict[str, str], set[str]]:
+        """Read (and empty) this run's queues: (dead-lettered id -> reason, still queued ids)."""
+        dead: dict[str, str] = {}
+        queued: set[str] = set()
+        dump = self.workdir / "leftovers.jsonl"
+        with kombu.Connection(self.cfg.broker_url, connect_timeout=10) as conn, \
+                open(dump, "a") as out:
+            for p, q in self.targets:
+                settings = self.producer_settings
+                names = [f"{p}-{q}", *(f"{p}-{q}.retry.{s}" for s in settings.retry_levels),
+                         f"{p}-{q}.buried", f"{p}-{q}.rejected"]
+                for name in names:
+                    ch = conn.channel()
+                    try:
+                        while (msg := ch.basic_get(name, no_ack=True)) is not None:
+                            body = msg.body if isinstance(msg.body, bytes) else msg.body.encode()
+                            headers = msg.properties.get("application_headers") or {}
+                            try:
+                                job_id = json.loads(body)["id"]
+                            except (ValueError, KeyError, TypeError):
+                                job_id = "?"
+                            out.write(json.dumps({"queue": name, "id": job_id,
+                                                  "headers": headers}, default=str) + "\n")
+                            if name.endswith((".buried", ".rejected")):
+                                kind = name.rsplit(".", 1)[1]
+                                dead[job_id] = f"{kind}: {headers.get('x-roger-reason', '?')}"
+                            else:
+                                queued.add(job_id)
+                    except Exception as e:  # a missing queue holds nothing
+                        self.say(f"cannot read {name}: {e}")
+                    finally:
+                        with contextlib.suppress(Exception):
+                            ch.close()
+        return dead, queued
+
+    def _classify(self, report: Report, dead: dict[str, str], queued: set[str]) -> None:
+        ledger = self.ledger
+        ledger.read_sink()
+        confirmed = ledger.confirmed
+        report.confirmed = len(confirmed)
+        report.unconfirmed = self.given_up
+        report.unconfirmed_done = len(ledger.done_ids() - set(confirmed))
+        all_runs = [c for runs in ledger.completions.values() for c in runs]
+        report.completions = len(all_runs)
+        if all_runs:
+            report.completion_seconds = max(c.t for c in all_runs) - min(c.t for c in all_runs)
+        report.publish_seconds = max(ledger.last_confirm - ledger.first_publish, 1e-9)
+        faults = [f for f in self.injector.faults if f.injected]
+        dead_counts: Counter[str] = Counter()
+        for job_id in confirmed:
+            runs = sorted(ledger.completions.get(job_id, []), key=lambda c: c.t)
+            if len(runs) == 1:
+                report.done_once += 1
+            elif len(runs) > 1:
+                report.duplicated += 1
+                report.extra_runs += len(runs) - 1
+                for prev, again in zip(runs, runs[1:], strict=False):
+                    report.dup_causes[self._cause(job_id, prev, again, faults)] += 1
+                    if again.started < prev.t:
+                        report.overlapping += 1
+            elif job_id in dead:
+                dead_counts[dead[job_id]] += 1
+            elif job_id in queued:
+                report.still_queued += 1
+            else:
+                report.lost += 1
+                report.lost_ids.append(f"#{confirmed[job_id]} {job_id}")
+        report.dead_lettered = dict(dead_counts)
+
+    def _cause(self, job_id: str, prev: Completion, again: Completion,
+               faults: list[Fault]) -> str:
+        """Which fault made the job run again after its run `prev` finished."""
+        candidates = []
+        for f in faults:
+            after = DUP_SLACK_AFTER + (self.cfg.confirm_timeout if f.kind == MEMORY_ALARM else 0)
+            if f.start - DUP_SLACK_BEFORE <= prev.t <= f.end + after:
+                candidates.append(f)
+        if candidates:
+            # The earliest fault that struck after the run finished, else the last before.
+            later = [f for f in candidates if f.start >= prev.t]
+            return (later[0] if later else candidates[-1]).kind
+        if self.ledger.publishes[job_id] > 1:
+            return "producer_republish"
+        return "unexplained"
+
+    def _cleanup_broker(self) -> None:
+        names: list[str] = []
+        for p, q in self.targets:
+            names += [f"{p}-{q}", *(f"{p}-{q}.retry.{s}" for s in self.cfg.retry_levels),
+                      f"{p}-{q}.buried", f"{p}-{q}.rejected"]
+        names += [f"{p}.global" for p in self.partitions]
+        with contextlib.suppress(Exception), \
+                kombu.Connection(self.cfg.broker_url, connect_timeout=10) as conn:
+            for name in names:
+                ch = conn.channel()
+                with contextlib.suppress(Exception):
+                    ch.queue_delete(name)
+                with contextlib.suppress(Exception):
+                    ch.close()
+            for p in self.partitions:
+                ch = conn.channel()
+                with contextlib.suppress(Exception):
+                    ch.exchange_delete(f"roger.{p}.events")
+                with contextlib.suppress(Exception):
+                    ch.close()
+
+    def run(self) -> Report:
+        cfg = self.cfg
+        report = Report(cfg, t0=self.t0)
+        producer = threading.Thread(target=self._produce, name="chaos producer", daemon=True)
+        try:
+            self._start_nodes()
+            producer.start()
+            self._inject()
+            self.say("faults over; waiting for the producer")
+            producer.join(cfg.drain_timeout)
+            self.stop_producing.set()
+            producer.join(30.0)
+            drain_start = time.monotonic()
+            self._drain()
+            report.drain_seconds = time.monotonic() - drain_start
+            report.recovered = self._wait_healthy(60.0)
+            for node in self.nodes:
+                node.stop(cfg.shutdown_timeout + 10.0)
+            dead, queued = self._leftovers()
+            report.faults = list(self.injector.faults)
+            self._classify(report, dead, queued)
+            report.notes += [f"orphans after a kill: {f.target}: {f.note}"
+                             for f in report.faults if "ORPHANS" in f.note]
+        finally:
+            self.stop_producing.set()
+            self.injector.release()
+            problems = restore_broker()
+            if problems:
+                self.say(f"restoring the broker: {problems}")
+            for node in self.nodes:
+                node.stop(2.0)
+            self._cleanup_broker()
+        report.run_seconds = time.time() - self.t0
+        return report
+
+
+def _sleep_until(when: float) -> None:
+    left = when - time.monotonic()
+    if left > 0:
+        time.sleep(left)
+
+
+def run(cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> Report:
+    """Run one ledger run and return its report (the broker is restored either way)."""
+    return ChaosRun(cfg, log).run()
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    # SIGTERM to the driver must still run the `finally`s (restore the broker).
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=10_000)
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of faults")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--short", action="store_true",
+                   help="the test's form: one of each fault, fixed order (--jobs still applies)")
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None, help="also write the report here")
+    args = p.parse_args(argv)
+    if args.short:
+        cfg = ChaosConfig.short(args.workdir, jobs=args.jobs)
+    else:
+        seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+        cfg = ChaosConfig(jobs=args.jobs, duration=args.duration, seed=seed,
+                          workdir=args.workdir)
+    with _terminate_as_exit():
+        report = run(cfg)
+    text = report.render()
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    return 0 if report.lost == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
