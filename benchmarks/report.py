@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from benchmarks import procs
 from benchmarks.common import BenchError, Samples, Summary
 
 
@@ -104,12 +105,16 @@ def take(samples: Samples, label: str, rep: int, where: str,
 
     A failed measurement is retried once: the broker is shared, and other
     users' tests may drop its connections or restart it under us. Every
-    failure is still listed in the results. `attempt` (0, 1) goes into the
+    failure is still listed in the results; a measurement during which RabbitMQ
+    restarted (its Erlang VM changed pid) counts as failed. `attempt` (0, 1) goes into the
     names a measurement declares, so a retry never meets its predecessor's queues.
     """
     for attempt in range(retries + 1):
         try:
+            broker = procs.broker_pids()
             metrics = measure(attempt)
+            if procs.broker_pids() != broker:
+                raise BenchError("RabbitMQ restarted during the measurement")
         except Exception as e:  # one failed sample must not lose the others
             text = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
             again = attempt < retries

@@ -26,7 +26,8 @@ from benchmarks.common import HERE, Config  # noqa: E402
 from benchmarks.report import Section, progress  # noqa: E402
 
 BENCHMARKS = ("throughput", "enqueue", "latency", "scale")
-PROFILE_NOTES = HERE / "PROFILE.md"
+PROFILE_NOTES = HERE / "PROFILE.md"  # findings, kept by hand from `python -m benchmarks profile`
+PROFILE_OUT = HERE / "profile-latest.md"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +35,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="roger side by side with Celery, Dramatiq and raw kombu, on one RabbitMQ.")
     parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
-                        help=f"which to run: {', '.join(BENCHMARKS)} (default: all)")
+                        help=f"which to run: {', '.join(BENCHMARKS)} (default: all); or "
+                             "`profile`: sample roger's processes with py-spy during "
+                             "throughput (not part of all)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, one run of each system: about a minute in all")
     parser.add_argument("--repeat", type=int, default=None,
@@ -44,7 +47,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the workers' logs and record files (printed path)")
     args = parser.parse_args(argv)
-    unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
+    unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, "profile")]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     return args
@@ -52,6 +55,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if "profile" in args.benchmarks:
+        return profile(args)
     chosen = list(dict.fromkeys(args.benchmarks)) or list(BENCHMARKS)
     cfg = Config.make(args.quick, args.repeat)
     complete = not args.quick and chosen == list(BENCHMARKS)
@@ -82,6 +87,31 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"wrote {os.path.relpath(output)} ({elapsed:.0f} s)")
     # Exit non-zero when a system has no figure at all (every attempt failed).
     return 1 if any(set(s.samples.errors) - set(s.samples.values) for s in sections) else 0
+
+
+def profile(args: argparse.Namespace) -> int:
+    """``python -m benchmarks profile``: py-spy over a node draining the throughput queue."""
+    from benchmarks import profile as prof
+
+    cfg = Config.make(args.quick, args.repeat)
+    workdir = tempfile.mkdtemp(prefix="roger-bench-")
+    parts = []
+    try:
+        for queue_type in ("quorum", "classic"):
+            parts.append(prof.run(cfg, workdir, queue_type))
+            print(parts[-1], flush=True)
+    finally:
+        with rabbit.suppress_errors():
+            rabbit.sweep(cfg.broker_url, cfg.name())
+        if args.keep_logs:
+            progress(f"logs and raw py-spy stacks kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    output = args.output or PROFILE_OUT
+    output.write_text("\n".join(["# roger profile", "", *sysinfo.describe(cfg.broker_url), "",
+                                 *parts]))
+    progress(f"wrote {os.path.relpath(output)}")
+    return 0
 
 
 def render(cfg: Config, header: list[str], sections: list[Section], elapsed: float) -> str:

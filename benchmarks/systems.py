@@ -264,11 +264,13 @@ class DramatiqSystem(System):
 class KombuSystem(System):
     """The ceiling: one raw kombu consumer, one connection, prefetch 100."""
 
-    def __init__(self, cfg: Config, tag: str, queue_type: str = "classic") -> None:
+    def __init__(self, cfg: Config, tag: str, queue_type: str = "classic",
+                 prefetch: int = 100) -> None:
         super().__init__(cfg, tag)
         self.label = f"raw kombu ({queue_type})"
         self.queue = self.marker
         self.queue_type = queue_type
+        self.prefetch = prefetch
 
     def queue_names(self) -> list[str]:
         return [self.queue]
@@ -277,7 +279,8 @@ class KombuSystem(System):
         rabbit.publish_json(self.url, self.queue, bodies, self.queue_type)
 
     def start(self, log: str) -> Spawned:
-        argv = python("-m", "benchmarks.peers.kombu_consumer", self.url, self.queue)
+        argv = python("-m", "benchmarks.peers.kombu_consumer", self.url, self.queue,
+                      str(self.prefetch))
         self.proc = Spawned(argv, log=log)
         return self.proc
 

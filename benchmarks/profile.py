@@ -1,0 +1,148 @@
+"""profile: where a roger node's processes spend their CPU during the throughput workload.
+
+``python -m benchmarks profile`` fills a queue, starts a node (1 partition,
+1 queue, 4 workers) and samples its whole process tree with py-spy
+(``pip install py-spy``) while it drains the queue. It prints, for each
+role (consumer, workers, ...), the CPU it used (exact, from /proc) and the
+functions that used it (sampled): self time, and inclusive time of the
+functions below the process's main loop. Findings from it are kept by
+hand in ``benchmarks/PROFILE.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from benchmarks import procs, rabbit
+from benchmarks.common import BenchError, Config
+from benchmarks.report import progress
+from benchmarks.systems import RogerSystem, log_path
+from benchmarks.tally import Tally
+
+RATE = 200  # samples per second and process
+TOP = 15
+ROLES = {0: "root supervisor", 1: "partition supervisor, node services", 3: "workers (4)"}
+_LINE = re.compile(r":\d+\)$")
+
+
+@dataclass
+class Role:
+    samples: int = 0
+    self_time: Counter[str] = field(default_factory=Counter)
+    inclusive: Counter[str] = field(default_factory=Counter)
+    pids: set[int] = field(default_factory=set)
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or procs.venv_script("py-spy")
+    if not os.path.exists(found):
+        raise BenchError("py-spy is not installed: pip install py-spy")
+    return found
+
+
+def parse(path: str) -> dict[str, Role]:
+    """Aggregate py-spy's raw (collapsed) stacks by role in the node's tree."""
+    stacks: list[tuple[int, int, list[str], int]] = []  # (pid, depth, frames, count)
+    consumers: set[int] = set()
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            frames = stack.split(";")
+            chain = [fr for fr in frames if fr.startswith("process ")]
+            code = [_LINE.sub(")", fr) for fr in frames
+                    if not fr.startswith(("process ", "thread "))]
+            pid = int(chain[-1].split(":")[0].split()[1])
+            stacks.append((pid, len(chain) - 1, code, int(count)))
+            if any(fr.startswith("Consumer.") for fr in code):
+                consumers.add(pid)
+    roles: dict[str, Role] = defaultdict(Role)
+    for pid, depth, code, count in stacks:
+        # Depth 2 holds the queue's consumer and the partition's coordinator.
+        name = ("consumer" if pid in consumers else "coordinator") if depth == 2 \
+            else ROLES.get(depth, "?")
+        role = roles[name]
+        role.samples += count
+        role.pids.add(pid)
+        if code:
+            role.self_time[code[-1]] += count
+            for fr in set(code):
+                role.inclusive[fr] += count
+    return roles
+
+
+def render(roles: dict[str, Role], cpu: dict[str, float], wall: float, n: int) -> str:
+    lines = [f"{n:,} no-op jobs in {wall:.1f} s ({n / wall:,.0f} jobs/s), sampled at {RATE} Hz.",
+             "", "| role | processes | CPU s (from /proc) | CPU µs/job | py-spy samples |",
+             "|---|---|---|---|---|"]
+    order = sorted(roles, key=lambda r: -roles[r].samples)
+    for name in order:
+        role = roles[name]
+        lines.append(f"| {name} | {len(role.pids)} | {cpu.get(name, 0.0):.2f} | "
+                     f"{cpu.get(name, 0.0) / n * 1e6:.0f} | {role.samples} |")
+    for name in order:
+        role = roles[name]
+        if role.samples < 20:
+            continue
+        lines += ["", f"### {name}: self time (share of its samples)", ""]
+        lines += [f"- {c / role.samples:5.1%} {fr}" for fr, c in role.self_time.most_common(TOP)]
+        # Frames on (nearly) every stack are the process's bootstrap, not its work.
+        below = [(fr, c) for fr, c in role.inclusive.most_common()
+                 if c < 0.97 * role.samples][:TOP]
+        lines += ["", f"### {name}: inclusive time", ""]
+        lines += [f"- {c / role.samples:5.1%} {fr}" for fr, c in below]
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_by_pid(root: int) -> dict[int, tuple[int, float]]:
+    """pid -> (depth in the node's tree, CPU seconds so far)."""
+    return {pid: (depth, procs.cpu_seconds([pid])) for pid, depth in procs.levels(root).items()}
+
+
+def _cpu_by_role(cpu: dict[int, tuple[int, float]], consumers: set[int]) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for pid, (depth, seconds) in cpu.items():
+        name = ("consumer" if pid in consumers else "coordinator") if depth == 2 \
+            else ROLES.get(depth, "?")
+        out[name] += seconds
+    return out
+
+
+def run(cfg: Config, workdir: str, queue_type: str = "quorum") -> str:
+    spy_bin = _py_spy()
+    n = max(cfg.throughput_jobs, 10_000) * 2  # long enough for a few thousand samples
+    system = RogerSystem(cfg, "prof", queue_type)
+    out = tempfile.mkdtemp(dir=workdir, prefix="rec")
+    raw = os.path.join(workdir, f"profile-{queue_type}.txt")
+    spy = None
+    try:
+        system.enqueue_all([rabbit.body_of(i, out) for i in range(n)])
+        rabbit.wait_total(system.url, system.queue_names(), n)
+        proc = system.start(log_path(workdir, system, "profile"))
+        root = int(system.wait_ready()["root"])
+        spy = subprocess.Popen(
+            [spy_bin, "record", "--pid", str(root), "--subprocesses", "--nonblocking",
+             "--rate", str(RATE), "--format", "raw", "--output", raw],
+            stdout=subprocess.DEVNULL, stderr=open(raw + ".log", "wb"))  # noqa: SIM115
+        tally = Tally(out)
+        tally.wait(n, timeout=120 + n / 100, alive=proc.alive)
+        wall = max(tally.done.values()) - proc.started
+        cpu = _cpu_by_pid(root)
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        spy.wait(60)
+        roles = parse(raw)
+        progress(f"profiled {n:,} jobs ({queue_type} queue)")
+        by_role = _cpu_by_role(cpu, roles["consumer"].pids if "consumer" in roles else set())
+        return f"## Profile data ({queue_type} queue)\n\n" + render(roles, by_role, wall, n)
+    finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+            spy.wait(10)
+        system.cleanup()
+        shutil.rmtree(out, ignore_errors=True)
