@@ -30,6 +30,9 @@ RATE = 200  # samples per second and process
 TOP = 15
 ROLES = {0: "root supervisor", 1: "partition supervisor, node services", 3: "workers (4)"}
 _LINE = re.compile(r":\d+\)$")
+# A process's main loop: inclusive time counts the frames below it, which are its work
+# (the frames above are its bootstrap, on every stack).
+LOOPS = ("Consumer._loop", "run_worker", "Supervisor.run")
 
 
 @dataclass
@@ -72,7 +75,9 @@ def parse(path: str) -> dict[str, Role]:
         role.pids.add(pid)
         if code:
             role.self_time[code[-1]] += count
-            for fr in set(code):
+            below = next((code[i + 1:] for i in range(len(code) - 1, -1, -1)
+                          if code[i].startswith(LOOPS)), [])
+            for fr in set(below):
                 role.inclusive[fr] += count
     return roles
 
@@ -92,11 +97,8 @@ def render(roles: dict[str, Role], cpu: dict[str, float], wall: float, n: int) -
             continue
         lines += ["", f"### {name}: self time (share of its samples)", ""]
         lines += [f"- {c / role.samples:5.1%} {fr}" for fr, c in role.self_time.most_common(TOP)]
-        # Frames on (nearly) every stack are the process's bootstrap, not its work.
-        below = [(fr, c) for fr, c in role.inclusive.most_common()
-                 if c < 0.97 * role.samples][:TOP]
-        lines += ["", f"### {name}: inclusive time", ""]
-        lines += [f"- {c / role.samples:5.1%} {fr}" for fr, c in below]
+        lines += ["", f"### {name}: inclusive time below its main loop", ""]
+        lines += [f"- {c / role.samples:5.1%} {fr}" for fr, c in role.inclusive.most_common(TOP)]
     return "\n".join(lines) + "\n"
 
 
