@@ -481,10 +481,7 @@ class Broker:
         `basic_get` messages to their queues.
         """
         with self._lock:
-            with translate_errors():
-                self._ready_channel()
-                assert self._amqp is not None
-                channel = self._amqp.channel()
+            channel = self._open_channel()
             try:
                 with translate_errors():
                     yield channel
@@ -499,6 +496,22 @@ class Broker:
                         channel.close()
                     except Exception:  # the connection is failing: dropped next use
                         self._discard_connection()
+
+    def _open_channel(self) -> amqp.Channel:
+        # A connection the broker dropped (a restart, close_all_connections)
+        # may only show when we write to it: open on a fresh one, once.
+        for attempt in (1, 2):
+            try:
+                with translate_errors():
+                    self._ready_channel()
+                    assert self._amqp is not None
+                    return self._amqp.channel()
+            except BrokerError as exc:
+                self._discard_connection()
+                if attempt == 2 or not isinstance(exc.__cause__, _CONNECTION_ERRORS):
+                    raise
+                log.info("RabbitMQ connection lost (%s); reconnecting once", exc)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close the connection (it reopens on next use)."""
