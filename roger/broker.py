@@ -15,6 +15,7 @@ re-raised as `roger.BrokerError` (`translate_errors`).
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  (see the kombu imports below)
 import logging
 import os
 import threading
@@ -28,6 +29,13 @@ from typing import Any, NamedTuple, TypeVar
 import amqp
 import kombu
 import kombu.exceptions
+
+# kombu imports these two (and the idna codec, for host names) on a process's
+# first connection. Imported here, in the root before it forks, every
+# consumer and coordinator shares them instead of holding a private copy:
+# about 2.5 MiB less USS per process.
+import kombu.transport.pyamqp  # noqa: F401
+import kombu.utils.amq_manager  # noqa: F401
 from amqp import exceptions as amqp_errors
 
 from roger.errors import BrokerError
