@@ -115,13 +115,12 @@ class Proc:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         stat = proc_stat(pid)
-        assert stat is not None, f"pid {pid} is not running"
-        self.start_time = stat[21]
+        self.start_time = stat[21] if stat is not None else None  # None: gone already
 
     def state(self) -> str:
         """The /proc state letter (R, S, Z, ...), or "gone"."""
         stat = proc_stat(self.pid)
-        if stat is None or stat[21] != self.start_time:
+        if stat is None or self.start_time is None or stat[21] != self.start_time:
             return "gone"
         return stat[2]
 
@@ -130,7 +129,7 @@ class Proc:
 
     def cpu_ticks(self) -> int:
         stat = proc_stat(self.pid)
-        if stat is None or stat[21] != self.start_time:
+        if stat is None or self.start_time is None or stat[21] != self.start_time:
             return 0
         return int(stat[13]) + int(stat[14])  # utime + stime
 

@@ -28,6 +28,7 @@ def test_dynamic_children_controlled_from_another_process(trees):
     assert (first.id, first.state, first.type, first.restart) == (
         "w-1", "running", "worker", "permanent")
     old = Proc(first.pid)
+    assert old.alive()
 
     handle.terminate_child("w-1")
     assert not old.alive()

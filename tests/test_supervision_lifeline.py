@@ -19,7 +19,7 @@ def three_levels(events=None):
 def test_sigkill_of_the_root_leaves_no_descendant(trees):
     handle = trees.start(three_levels())
     procs = trees.watch(tree_pids(handle).values())
-    assert len(procs) == 6
+    assert len(procs) == 6 and all(p.alive() for p in procs)
 
     os.kill(handle.pid, signal.SIGKILL)
 
@@ -33,7 +33,7 @@ def test_sigkill_of_a_middle_supervisor_takes_its_subtree_only(trees):
     before = tree_pids(handle)
     trees.watch(before.values())
     subtree = [Proc(pid) for path, pid in before.items() if path[0] == "mid"]
-    assert len(subtree) == 4
+    assert len(subtree) == 4 and all(p.alive() for p in subtree)
 
     os.kill(before[("mid",)], signal.SIGKILL)
 

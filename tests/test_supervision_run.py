@@ -26,6 +26,7 @@ def test_run_blocks_until_sigterm_then_returns(trees):
     proc = run_in_plain_process(trees, Supervisor([ChildSpec("a", sleep_forever)],
                                                   on_event=events))
     child = Proc(events.wait1("started", "a").pid)
+    assert child.alive()
 
     os.kill(proc.pid, signal.SIGTERM)
 

@@ -29,6 +29,7 @@ def start_four(trees, strategy):
 def test_a_crash_restarts_per_strategy(trees, strategy, restarted, terminated):
     handle, events, before = start_four(trees, strategy)
     old = {i: Proc(pid) for i, pid in before.items()}
+    assert all(p.alive() for p in old.values())
     mark = events.mark()
 
     os.kill(before["b"], signal.SIGKILL)
