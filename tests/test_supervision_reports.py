@@ -4,9 +4,16 @@ import logging
 import os
 import signal
 
-from supervision_helpers import exit_with, sleep_forever
+from supervision_helpers import flag, sleep_forever
 
 from supervision import ChildSpec, Supervisor
+
+
+def exit_once(flag_path, code):
+    """Exit with `code` on the first run only (no restart loop), then keep running."""
+    if flag(flag_path):
+        raise SystemExit(code)
+    sleep_forever()
 
 
 def test_exit_reasons_in_events_and_logs(trees, tmp_path):
@@ -19,9 +26,9 @@ def test_exit_reasons_in_events_and_logs(trees, tmp_path):
     logger.setLevel(logging.INFO)
     events = trees.events()
     sup = Supervisor([ChildSpec("victim", sleep_forever),
-                      ChildSpec("quitter", exit_with, args=(3,), restart="transient"),
+                      ChildSpec("quitter", exit_once, args=(tmp_path / "once", 3)),
                       ChildSpec("stopped", sleep_forever)],
-                     name="reporter", intensity=10, on_event=events)
+                     name="reporter", on_event=events)
     try:
         handle = trees.start(sup)  # the forked supervisor keeps the handler
     finally:
