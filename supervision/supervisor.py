@@ -479,6 +479,8 @@ class Supervisor(SupervisorAPI):
                 raise StartFailed(f"{self.name}: child {spec.id!r}: {e}") from None
         child.proc, child.link = proc, link
         self._emit("started", child)
+        if link._stash:  # sent before ready(): the pipe will not wake the loop for them
+            self._drain_child(child)
 
     def _close_in_child(self) -> list[Any]:
         objs: list[Any] = [s.conn for s in self._served]

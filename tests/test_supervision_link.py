@@ -107,6 +107,21 @@ def test_start_child_returns_once_the_child_is_ready(trees, tmp_path):
     assert events.wait1("started", "slow").pid == handle.which_children()[0].pid
 
 
+def event_then_ready():
+    supervision.parent().event("before ready")
+    supervision.ready()
+    sleep_forever()
+
+
+def test_an_event_sent_before_ready_is_reported(trees):
+    events = trees.events()
+    handle = trees.start(Supervisor([], on_event=events))
+
+    handle.start_child(ChildSpec("early", event_then_ready, notify_ready=True))
+
+    assert events.wait1("message", "early", timeout=5).payload == "before ready"
+
+
 def test_a_supervisor_starts_once_its_children_are_ready(trees, tmp_path):
     marker = tmp_path / "ready"
     spec = ChildSpec("slow", ready_after, args=(0.3, marker), notify_ready=True)
