@@ -65,10 +65,11 @@ class WorkerPool:
                          kwargs={"max_jobs": settings.max_jobs_per_worker},
                          restart="temporary", shutdown="brutal_kill")
         self.sup = DynamicSupervisor(spec, name=f"{partition}-{queue} pool",
-                                     on_event=self._on_event)
+                                     on_event=self._hook)
         self.slots: dict[str, Slot] = {}
         self.idle: deque[str] = deque()
         self._by_conn: dict[Any, Slot] = {}
+        self.failure: Exception | None = None  # raised by _on_event, re-raised by handle/kill
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -119,8 +120,9 @@ class WorkerPool:
         for obj in ready:
             slot = self._by_conn.get(obj)
             if slot is not None:
-                self._read(slot)
+                self._read(slot, known_readable=True)
         self.sup.handle(ready)
+        self._raise_failure()
 
     # --------------------------------------------------------------------- jobs
 
@@ -141,6 +143,7 @@ class WorkerPool:
     def kill(self, slot_id: str) -> None:
         """SIGKILL a worker (overrun or cancelled job); `on_lost` follows for its job."""
         self.sup.terminate_child(slot_id)
+        self._raise_failure()
 
     def running(self) -> dict[int, Slot]:
         return {s.tag: s for s in self.slots.values() if s.tag is not None}
@@ -170,8 +173,11 @@ class WorkerPool:
         slot.conn.close()
         self._by_conn.pop(slot.conn, None)
 
-    def _read(self, slot: Slot) -> None:
-        while not slot.conn.closed and slot.conn.poll():
+    def _read(self, slot: Slot, known_readable: bool = False) -> None:
+        # A worker answers once per job and then waits for the next one, so
+        # there is at most one frame to read: no poll() first when the loop
+        # already saw the pipe readable.
+        while not slot.conn.closed and (known_readable or slot.conn.poll()):
             try:
                 frame = slot.conn.recv_bytes()
             except (EOFError, OSError):
@@ -186,6 +192,28 @@ class WorkerPool:
             else:
                 self.idle.append(slot.id)
             self.on_outcome(tag, error)
+            if known_readable:
+                return  # a later frame makes the pipe readable again
+
+    def _hook(self, event: Event) -> None:
+        """`_on_event`, keeping what it raises for `handle` / `kill` to raise.
+
+        supervision logs and swallows an exception from an event hook. Here it
+        comes from settling a dead worker's job (say its retry publish was not
+        confirmed under a memory alarm): swallowed, it would leave that
+        delivery unacked for good, holding a prefetch slot, and the queue
+        would stall on this consumer. Raised in the consumer's loop, it ends
+        the consumer and RabbitMQ requeues the job.
+        """
+        try:
+            self._on_event(event)
+        except Exception as e:
+            self.failure = self.failure or e
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
 
     def _on_event(self, event: Event) -> None:
         if event.kind not in ("exited", "terminated"):
