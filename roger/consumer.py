@@ -50,6 +50,32 @@ EXIT_CONNECTION_LOST = 4
 CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
 
 
+READ_CHUNK = 4096  # what py-amqp's own reads ask for (see _buffer_reads)
+READ_SIZE = 65536  # what the loop reads when the socket is readable
+
+
+def _buffer_reads(transport: Any) -> None:
+    """Let py-amqp read the socket in chunks instead of one recv per frame part.
+
+    py-amqp asks for exactly the bytes it needs (a frame's header, its
+    payload, its end byte: three recv calls a frame, nine a message) but
+    keeps any extra it is given in its read buffer. Asking for a chunk
+    turns a burst of deliveries into a few calls. Complete frames may then
+    wait in that buffer, invisible to epoll: the loop checks `_has_frame`.
+    """
+    recv = transport.sock.recv
+    transport._quick_recv = lambda n: recv(max(n, READ_CHUNK))
+
+
+def _has_frame(transport: Any) -> bool:
+    """True when py-amqp's read buffer holds a whole frame."""
+    buf = transport._read_buffer
+    if len(buf) < 7:
+        return False
+    size = int.from_bytes(buf[3:7], "big")
+    return len(buf) >= 8 + size
+
+
 class AckBatcher:
     """Which settled deliveries to ack, coalesced with AMQP's `multiple` flag.
 
@@ -169,6 +195,7 @@ class Consumer:
             raise SystemExit(3) from None
         self.amqp = self.conn.connection
         self.sock = self.amqp.sock
+        _buffer_reads(self.amqp.transport)
         self.channel = self.conn.channel()
         broker.declare_queues(self.channel, s, self.partition, self.queue)
         # Settling publishes (retry, buried, rejected) are confirmed on their
@@ -213,9 +240,12 @@ class Consumer:
             objs = [self.sock, self._wake_r, *self.pool.wait_objects()]
             if parent is not None and not parent.closed:
                 objs.append(parent.conn)
-            ready = self._wait(objs, self._next_timeout())
-            if self.sock in ready:
-                self._drain_amqp()
+            # Frames may wait in py-amqp's buffer (read while waiting for a
+            # confirm, say), where epoll cannot see them.
+            buffered = _has_frame(self.amqp.transport)
+            ready = self._wait(objs, 0.0 if buffered else self._next_timeout())
+            if buffered or self.sock in ready:
+                self._drain_amqp(self.sock in ready)
                 self._run_inbox()
             if parent is not None and parent.conn in ready:
                 self._serve(parent)
@@ -254,14 +284,28 @@ class Consumer:
             timeout = min(timeout, self.drain_deadline - now)
         return max(0.0, timeout)
 
-    def _drain_amqp(self) -> None:
-        # py-amqp reads exactly the bytes of one frame at a time, so a readable
-        # socket means frames are waiting; read until the socket runs dry.
-        while True:
+    def _drain_amqp(self, readable: bool = True) -> None:
+        """Read what the socket holds and dispatch every whole frame in it.
+
+        One read per wakeup, straight into py-amqp's read buffer, then its
+        frame parser on the buffer: no per-frame recv calls, and none of
+        `drain_events`' socket-timeout switching (two syscalls a call) or
+        its timeout exception at the end. A partial frame stays buffered
+        until the rest arrives and wakes the loop again.
+        """
+        transport = self.amqp.transport
+        if readable:
             try:
-                self.amqp.drain_events(timeout=0)
-            except TimeoutError:
-                return
+                data = os.read(self.sock.fileno(), READ_SIZE)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                raise ConnectionResetError("RabbitMQ closed the connection")
+            if data:
+                transport._read_buffer += data
+        while _has_frame(transport):
+            try:
+                self.amqp.on_inbound_frame(transport.read_frame())
             except ConsumerCancelled:
                 # The queue was deleted (or the broker cancelled us): declare
                 # it again and carry on; jobs in flight are still ours to ack.
