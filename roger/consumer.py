@@ -35,6 +35,7 @@ from kombu import Connection
 
 import supervision
 from roger import broker, message, registry, retry
+from roger.amqp_io import READ_SIZE, AckBatcher, buffer_reads, has_frame
 from roger.callbacks import Callbacks
 from roger.errors import BadMessage, JobTimeout, WorkerCrashed
 from roger.global_client import GlobalClient
@@ -48,82 +49,6 @@ log = logging.getLogger("roger.consumer")
 
 EXIT_CONNECTION_LOST = 4
 CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
-
-
-READ_CHUNK = 4096  # what py-amqp's own reads ask for (see _buffer_reads)
-READ_SIZE = 65536  # what the loop reads when the socket is readable
-
-
-def _buffer_reads(transport: Any) -> None:
-    """Let py-amqp read the socket in chunks instead of one recv per frame part.
-
-    py-amqp asks for exactly the bytes it needs (a frame's header, its
-    payload, its end byte: three recv calls a frame, nine a message) but
-    keeps any extra it is given in its read buffer. Asking for a chunk
-    turns a burst of deliveries into a few calls. Complete frames may then
-    wait in that buffer, invisible to epoll: the loop checks `_has_frame`.
-    """
-    recv = transport.sock.recv
-    transport._quick_recv = lambda n: recv(max(n, READ_CHUNK))
-
-
-def _has_frame(transport: Any) -> bool:
-    """True when py-amqp's read buffer holds a whole frame."""
-    buf = transport._read_buffer
-    if len(buf) < 7:
-        return False
-    size = int.from_bytes(buf[3:7], "big")
-    return len(buf) >= 8 + size
-
-
-class AckBatcher:
-    """Which settled deliveries to ack, coalesced with AMQP's `multiple` flag.
-
-    Delivery tags grow on a channel. `multiple=True` acks every unacked tag
-    up to the one given, so it only covers a run of settled deliveries with
-    no unsettled one before it; a settled delivery behind a still-running
-    one is acked alone, so that a long job never holds the prefetch window.
-
-    >>> b = AckBatcher()
-    >>> for t in (1, 2, 3, 4): b.delivered(t)
-    >>> b.settled(2); b.settled(1); b.settled(4)
-    >>> b.flush()
-    [(2, True), (4, False)]
-    """
-
-    def __init__(self) -> None:
-        self.outstanding: deque[int] = deque()  # delivered, not yet acked, in tag order
-        self.ready: set[int] = set()
-
-    def delivered(self, tag: int) -> None:
-        self.outstanding.append(tag)
-
-    def settled(self, tag: int) -> None:
-        self.ready.add(tag)
-
-    def forget(self, tag: int) -> None:
-        """A delivery rejected (requeued) instead of acked."""
-        self.ready.discard(tag)
-        try:
-            self.outstanding.remove(tag)
-        except ValueError:
-            pass
-
-    def flush(self) -> list[tuple[int, bool]]:
-        if not self.ready:
-            return []
-        out: list[tuple[int, bool]] = []
-        last = None
-        while self.outstanding and self.outstanding[0] in self.ready:
-            last = self.outstanding.popleft()
-            self.ready.discard(last)
-        if last is not None:
-            out.append((last, True))
-        for tag in sorted(self.ready):
-            self.outstanding.remove(tag)
-            out.append((tag, False))
-        self.ready.clear()
-        return out
 
 
 @dataclass
@@ -157,7 +82,7 @@ class Consumer:
         self.inbox: deque[tuple[Any, tuple]] = deque()  # AMQP callbacks' work, run by the loop
         self.acks = AckBatcher()
         self.selector = selectors.DefaultSelector()
-        self.registered: set[Any] = set()
+        self.registered: dict[Any, int] = {}  # in the epoll set: object -> its fd
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -195,7 +120,7 @@ class Consumer:
             raise SystemExit(3) from None
         self.amqp = self.conn.connection
         self.sock = self.amqp.sock
-        _buffer_reads(self.amqp.transport)
+        buffer_reads(self.amqp.transport)
         self.channel = self.conn.channel()
         broker.declare_queues(self.channel, s, self.partition, self.queue)
         # Settling publishes (retry, buried, rejected) are confirmed on their
@@ -242,7 +167,7 @@ class Consumer:
                 objs.append(parent.conn)
             # Frames may wait in py-amqp's buffer (read while waiting for a
             # confirm, say), where epoll cannot see them.
-            buffered = _has_frame(self.amqp.transport)
+            buffered = has_frame(self.amqp.transport)
             ready = self._wait(objs, 0.0 if buffered else self._next_timeout())
             if buffered or self.sock in ready:
                 self._drain_amqp(self.sock in ready)
@@ -266,12 +191,15 @@ class Consumer:
         starts or exits.
         """
         wanted = set(objs)
-        if wanted != self.registered:
-            for obj in self.registered - wanted:
-                self.selector.unregister(obj)
-            for obj in wanted - self.registered:
-                self.selector.register(obj, selectors.EVENT_READ)
-            self.registered = wanted
+        if wanted != self.registered.keys():
+            for obj in self.registered.keys() - wanted:
+                # By descriptor: the pool closes a dead worker's pipe before we
+                # get here, and a closed Connection's fileno() raises OSError,
+                # which would end the consumer as a "lost connection" and
+                # requeue its sibling jobs in flight.
+                self.selector.unregister(self.registered.pop(obj))
+            for obj in wanted - self.registered.keys():
+                self.registered[obj] = self.selector.register(obj, selectors.EVENT_READ).fd
         return {key.fileobj for key, _ in self.selector.select(timeout)}
 
     def _next_timeout(self) -> float:
@@ -303,7 +231,7 @@ class Consumer:
                 raise ConnectionResetError("RabbitMQ closed the connection")
             if data:
                 transport._read_buffer += data
-        while _has_frame(transport):
+        while has_frame(transport):
             try:
                 self.amqp.on_inbound_frame(transport.read_frame())
             except ConsumerCancelled:
