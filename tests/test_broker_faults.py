@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 
 import pytest
 from roger_fixtures import wait_for
-from testjobs import Record, read
+from testjobs import Record, RetryableWaitForKill, read
 
 import roger
 from roger.node import Node
@@ -80,3 +82,22 @@ def test_producer_gets_a_clear_error_under_a_memory_alarm(partition, make_settin
     with pytest.raises(roger.BrokerError):
         roger.enqueue_many([Record.create({"out": "/dev/null"})], partition, settings=settings)
     assert time.monotonic() - started < 30  # a bounded wait, not a hang
+
+
+def test_a_crash_settled_under_a_memory_alarm_does_not_jam_the_consumer(
+        partition, make_settings, out, broker_restored):
+    # Settling a crashed job publishes its retry; under a memory alarm that
+    # publish is never confirmed. The consumer must not leave the delivery
+    # unacked for good: with one worker (prefetch 1) the queue would stall.
+    settings = make_settings(partitions={partition: {"default": 1}}, confirm_timeout=2.0)
+    with Node(settings) as node:
+        RetryableWaitForKill.create({"out": out}).enqueue(partition)
+        wait_for(lambda: read(out), what="job start")
+        rabbitmqctl("set_vm_memory_high_watermark", "0")
+        os.kill(read(out)[0]["pid"], signal.SIGKILL)
+        time.sleep(settings.confirm_timeout + 2.0)  # the retry's confirm times out
+        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+        job = enqueue_eventually(Record.create({"out": out}), partition)
+        wait_for(lambda: [e for e in ends(out) if e["id"] == job.id], timeout=60,
+                 what="a job after the alarm cleared")
+        wait_for(lambda: partition in node.status()["running"], what="partition running")

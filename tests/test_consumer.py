@@ -229,3 +229,20 @@ def test_worker_exiting_without_result_is_not_success(partition, make_settings, 
     assert [e["error"] for e in errors] == ["WorkerCrashed", "WorkerCrashed"]
     assert "code 0" in errors[0]["message"]
     assert errors[1]["signal"] == "SIGSEGV"
+
+
+def test_a_dead_worker_leaves_its_consumer_and_sibling_jobs_alone(partition, make_settings, out):
+    settings = make_settings(partitions={partition: {"default": 2}})
+    with Node(settings) as node:
+        sibling = Record.create({"out": out, "sleep": 1.5}).enqueue(partition)
+        victim = WaitForKill.create({"out": out}).enqueue(partition)
+        starts = wait_for(lambda: len(events(out, "start")) == 2 and events(out, "start"),
+                          what="both jobs started")
+        consumer = node.status()["running"][partition]["queues"]["default"]["pid"]
+        os.kill(next(s["pid"] for s in starts if s["id"] == victim.id), signal.SIGKILL)
+        ends = wait_for(lambda: events(out, "end"), what="the sibling's end")
+        # The sibling ran once, undisturbed: its consumer did not restart
+        # (which would have killed its worker and requeued it).
+        assert [(e["id"], e["redelivered"]) for e in ends] == [(sibling.id, False)]
+        assert [s["id"] for s in events(out, "start")].count(sibling.id) == 1
+        assert node.status()["running"][partition]["queues"]["default"]["pid"] == consumer
