@@ -61,7 +61,7 @@ def _idle(cfg: Config, workdir: str) -> tuple[Samples, list[str]]:
             metrics = take(samples, label, rep, f"scale {rep + 1}/{cfg.repeat}",
                            lambda a, qt=queue_type, p=p, tag=tag: measure_idle(
                                cfg, qt, p, f"{tag}a{a}", workdir),
-                           retries=1 if p <= 10 else 0)
+                           retries=1)
             if metrics is not None:
                 progress(f"scale {rep + 1}/{cfg.repeat} {label}: started in "
                          f"{metrics['start']:.1f} s, USS {metrics['uss']:.0f} MiB, "

@@ -51,16 +51,32 @@ def _git() -> str:
     return f"{rev}{' (roger/ or supervision/ modified)' if dirty.strip() else ''}"
 
 
+def _server_version(url: str) -> str:
+    """From the connection's server properties; else from `rabbitmqctl version`.
+
+    The broker is shared: it may be restarting just when the run starts.
+    """
+    try:
+        return rabbit.server_version(url)
+    except Exception as e:  # reported, not fatal: the benchmarks will fail loudly anyway
+        error = e
+    try:
+        done = subprocess.run(["rabbitmqctl", "version"], capture_output=True, text=True,
+                              timeout=60)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return f"unknown ({error})"
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def describe(url: str) -> list[str]:
     """Markdown lines: date, versions and machine."""
-    try:
-        server = rabbit.server_version(url)
-    except Exception as e:  # reported, not fatal: the benchmarks will fail loudly anyway
-        server = f"unknown ({e})"
+    server = _server_version(url)
     fds = rabbit.file_descriptors()
     if fds:
         server += (f"; its limits: {fds.get('total_limit')} file descriptors, "

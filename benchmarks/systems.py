@@ -159,10 +159,17 @@ class RogerSystem(System):
                 log = self.proc.log_lines()
                 waiting = [x for x in log if " is waiting " in x]
                 if waiting:
-                    reasons = [x for x in log if "cannot" in x or "refused" in x] or waiting
+                    reasons = [x for x in log if any(
+                        w in x for w in ("cannot", "refused", "timed out", "failed"))] or waiting
+                    fds = rabbit.file_descriptors()
+                    broker = (f"; RabbitMQ uses {fds.get('total_used')} of "
+                              f"{fds.get('total_limit')} file descriptors, "
+                              f"{fds.get('sockets_used')} of {fds.get('sockets_limit')} sockets"
+                              if fds else "")
                     raise BenchError(
                         f"a partition could not start (roger lists it as waiting); first "
-                        f"reason logged: {reasons[0].split(' ', 2)[-1][:300]}") from None
+                        f"reason logged: {reasons[0].split(' ', 2)[-1][:300]}{broker}"
+                    ) from None
         self.ready_info = json.loads(line)
         return self.ready_info
 
