@@ -70,6 +70,7 @@ BROKER_RESTART = "broker_restart"
 MEMORY_ALARM = "memory_alarm"
 STOP_CONSUMER = "stop_consumer"
 RESTART_PARTITION = "restart_partition"
+EXTERNAL = "external"  # a broker disruption this run did not cause (RabbitMQ is shared)
 
 # The short form's order. The broker restart comes last: its recovery (the
 # partitions wait with backoff while the broker is down) overlaps the drain.
@@ -104,12 +105,17 @@ WHY_DUPLICATES = {
     STOP_CONSUMER: "RabbitMQ declares the frozen consumer dead after 2 missed heartbeats and "
                    "redelivers its jobs, while its workers (not frozen) finish them",
     RESTART_PARTITION: "none expected: the partition drains gracefully",
+    EXTERNAL: "another program's fault on the shared broker (the nodes' logs show "
+              "connections dropped outside this run's own faults)",
     "producer_republish": "the producer re-published records whose confirm never came "
                           "(the first publish was queued after all)",
 }
 
 RABBITMQCTL_TIMEOUT = 120.0
 WATERMARK_NORMAL = "0.4"
+# Node log lines that show a broker disruption (to spot other programs' faults).
+DISRUPTION_MARKS = ("lost the broker connection", "cannot connect to",
+                    "broker connection lost or refused")
 # How long around a fault's window a finished job's lost ack can come from it.
 DUP_SLACK_BEFORE, DUP_SLACK_AFTER = 2.0, 3.0
 
@@ -142,7 +148,7 @@ class ChaosConfig:
     @classmethod
     def short(cls, workdir: Path | None = None, jobs: int = 300) -> ChaosConfig:
         """A few hundred jobs, one of each fault, about a minute and a half."""
-        return cls(jobs=jobs, duration=30.0, seed=7, deterministic=True, gap=(1.0, 1.0),
+        return cls(jobs=jobs, duration=40.0, seed=7, deterministic=True, gap=(1.0, 1.0),
                    drain_timeout=90.0, workdir=workdir)
 
 
@@ -313,6 +319,7 @@ class Ledger:
         self.confirmed: dict[str, int] = {}  # job id -> number
         self.confirmed_at: dict[str, float] = {}
         self.publishes: Counter[str] = Counter()  # job id -> publish attempts
+        self.errors = 0  # publishes that raised BrokerError
         self.first_publish = self.last_confirm = 0.0
         self._offsets: dict[Path, int] = {}
         self.completions: dict[str, list[Completion]] = defaultdict(list)
@@ -348,6 +355,8 @@ class Ledger:
             try:
                 roger.enqueue_many(jobs, partition, queue, settings=settings)
             except roger.BrokerError:
+                with self.lock:
+                    self.errors += 1
                 if time.monotonic() > deadline or (stop is not None and stop.is_set()):
                     return False
                 time.sleep(0.3)
@@ -503,8 +512,13 @@ class Injector:
 
     def _kill_consumer(self) -> tuple[str, str]:
         t = self._target()
-        os.kill(t.info["pid"], signal.SIGKILL)
-        return f"{t} consumer {t.info['pid']}", f"{len(t.info['running'])} running"
+        pid = t.info["pid"]
+        procs = tree(pid)  # its workers must die with it
+        os.kill(pid, signal.SIGKILL)
+        orphans = _wait_gone(procs, 5.0)
+        _kill_all(procs)
+        note = f"{len(t.info['running'])} running"
+        return f"{t} consumer {pid}", note + (f"; ORPHANS left: {orphans}" if orphans else "")
 
     def _stop_consumer(self) -> tuple[str, str]:
         t = self._target()
@@ -629,6 +643,8 @@ class Report:
     dup_causes: Counter[str] = field(default_factory=Counter)
     overlapping: int = 0  # duplicates whose runs overlapped in time
     faults: list[Fault] = field(default_factory=list)
+    external: list[Fault] = field(default_factory=list)  # other programs' broker faults
+    producer_errors: int = 0  # publishes that raised BrokerError (and were retried)
     t0: float = 0.0
     publish_seconds: float = 0.0
     completions: int = 0
@@ -684,7 +700,13 @@ class Report:
                          f"{f.note}{'' if f.injected else ' (not injected)'} |")
         kinds = Counter(f.kind for f in self.faults if f.injected)
         lines += ["", "Faults injected: " + ", ".join(
-            f"{k} x{kinds[k]}" for k in FAULT_KINDS) + "."]
+            f"{k} x{kinds[k]}" for k in FAULT_KINDS) + f". Producer publishes that raised "
+            f"BrokerError and were retried with the same records: {self.producer_errors}."]
+        if self.external:
+            lines.append("Broker disruptions by other programs on the shared RabbitMQ, seen in "
+                         "the nodes' logs: " + ", ".join(
+                             f"t={f.start - self.t0:.0f}-{f.end - self.t0:.0f} s"
+                             for f in self.external) + ".")
         lines += ["", "| duplicates caused by | extra runs | why |", "| --- | ---: | --- |"]
         for cause, n in self.dup_causes.most_common():
             lines.append(f"| {cause} | {n} | {WHY_DUPLICATES.get(cause, 'NO FAULT EXPLAINS IT')} |")
@@ -737,6 +759,7 @@ class ChaosRun:
             retry_levels=list(cfg.retry_levels), state_dir=self.workdir / "state")
         self.injector = Injector(self)
         self.stop_producing = threading.Event()
+        self.faults_over = threading.Event()
         self.given_up = 0
 
     def say(self, text: str) -> None:
@@ -753,14 +776,19 @@ class ChaosRun:
         self.say(f"2 nodes serving {', '.join(self.partitions)} (workdir {self.workdir})")
 
     def _produce(self) -> None:
-        """Publish `jobs` records, paced evenly over the fault window, in small batches."""
+        """Publish `jobs` records, paced evenly over the fault window, in small batches.
+
+        The last 5 % wait for the faults to end, so that publishing goes on
+        for the whole window even when faults take longer than planned.
+        """
         cfg = self.cfg
         rate = cfg.jobs / cfg.duration
         start = time.monotonic()
         sent = 0
         turn = 0
         while sent < cfg.jobs and not self.stop_producing.is_set():
-            due = min(cfg.jobs, int(rate * (time.monotonic() - start)) + 1) - sent
+            cap = cfg.jobs if self.faults_over.is_set() else int(cfg.jobs * 0.95)
+            due = min(cap, int(rate * (time.monotonic() - start)) + 1) - sent
             if due <= 0:
                 time.sleep(min(0.05, 1 / rate))
                 continue
@@ -885,6 +913,7 @@ class ChaosRun:
         confirmed = ledger.confirmed
         report.confirmed = len(confirmed)
         report.unconfirmed = self.given_up
+        report.producer_errors = ledger.errors
         report.unconfirmed_done = len(ledger.done_ids() - set(confirmed))
         all_runs = [c for runs in ledger.completions.values() for c in runs]
         report.completions = len(all_runs)
@@ -892,6 +921,8 @@ class ChaosRun:
             report.completion_seconds = max(c.t for c in all_runs) - min(c.t for c in all_runs)
         report.publish_seconds = max(ledger.last_confirm - ledger.first_publish, 1e-9)
         faults = [f for f in self.injector.faults if f.injected]
+        report.external = self._external_disruptions(faults)
+        faults = sorted(faults + report.external, key=lambda f: f.start)
         dead_counts: Counter[str] = Counter()
         for job_id in confirmed:
             runs = sorted(ledger.completions.get(job_id, []), key=lambda c: c.t)
@@ -929,6 +960,34 @@ class ChaosRun:
             return "producer_republish"
         return "unexplained"
 
+    def _external_disruptions(self, own: list[Fault]) -> list[Fault]:
+        """Broker disruptions in the nodes' logs that none of our faults explains.
+
+        RabbitMQ is shared: other programs' tests close connections and
+        restart the broker too. Their disruptions can rerun jobs; naming
+        them keeps those reruns from looking unexplained.
+        """
+        stamps = []
+        for node in self.nodes:
+            with contextlib.suppress(OSError), open(node.log, errors="replace") as f:
+                for line in f:
+                    if any(mark in line for mark in DISRUPTION_MARKS):
+                        with contextlib.suppress(ValueError):
+                            t = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+                            stamps.append(t + int(line[20:23]) / 1000)
+        # Our own faults, and the recovery right after them (consumers restart).
+        ours = [(f.start - 1.0, f.end + 15.0) for f in own]
+        events: list[Fault] = []
+        for t in sorted(stamps):
+            if any(a <= t <= b for a, b in ours):
+                continue
+            if events and t - events[-1].end < 5.0:
+                events[-1].end = t
+            else:
+                events.append(Fault(EXTERNAL, t, t, "broker", "seen in the nodes' logs",
+                                    injected=False))
+        return events
+
     def _cleanup_broker(self) -> None:
         names: list[str] = []
         for p, q in self.targets:
@@ -958,6 +1017,7 @@ class ChaosRun:
             self._start_nodes()
             producer.start()
             self._inject()
+            self.faults_over.set()
             self.say("faults over; waiting for the producer")
             producer.join(cfg.drain_timeout)
             self.stop_producing.set()
