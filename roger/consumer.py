@@ -82,7 +82,8 @@ class Consumer:
         self.inbox: deque[tuple[Any, tuple]] = deque()  # AMQP callbacks' work, run by the loop
         self.acks = AckBatcher()
         self.selector = selectors.DefaultSelector()
-        self.registered: dict[Any, int] = {}  # in the epoll set: object -> its fd
+        self.registered: set[Any] = set()
+        self.registered_generation = -1
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -191,15 +192,17 @@ class Consumer:
         starts or exits.
         """
         wanted = set(objs)
-        if wanted != self.registered.keys():
-            for obj in self.registered.keys() - wanted:
-                # By descriptor: the pool closes a dead worker's pipe before we
-                # get here, and a closed Connection's fileno() raises OSError,
-                # which would end the consumer as a "lost connection" and
-                # requeue its sibling jobs in flight.
-                self.selector.unregister(self.registered.pop(obj))
-            for obj in wanted - self.registered.keys():
-                self.registered[obj] = self.selector.register(obj, selectors.EVENT_READ).fd
+        if wanted != self.registered or self.pool.generation != self.registered_generation:
+            # Rebuilt, not patched. A worker's sentinel is a bare fd number
+            # that the next worker's may reuse (epoll forgot the closed one,
+            # so an equal-looking set can hide an unregistered descriptor),
+            # and a dead worker's closed pipe cannot be unregistered by object.
+            self.selector.close()
+            self.selector = selectors.DefaultSelector()
+            for obj in wanted:
+                self.selector.register(obj, selectors.EVENT_READ)
+            self.registered = wanted
+            self.registered_generation = self.pool.generation
         return {key.fileobj for key, _ in self.selector.select(timeout)}
 
     def _next_timeout(self) -> float:

@@ -66,6 +66,7 @@ class WorkerPool:
                          restart="temporary", shutdown="brutal_kill")
         self.sup = DynamicSupervisor(spec, name=f"{partition}-{queue} pool",
                                      on_event=self._hook)
+        self.generation = 0  # bumped whenever a worker starts or exits
         self.slots: dict[str, Slot] = {}
         self.idle: deque[str] = deque()
         self._by_conn: dict[Any, Slot] = {}
@@ -160,6 +161,7 @@ class WorkerPool:
         finally:
             child_end.close()
         pid = next(c.pid for c in self.sup.which_children() if c.id == slot_id)
+        self.generation += 1
         slot = Slot(slot_id, pid, parent_end)
         self.slots[slot_id] = slot
         self._by_conn[parent_end] = slot
@@ -224,6 +226,7 @@ class WorkerPool:
         if not slot.conn.closed:
             self._read(slot)  # an answer written just before it exited
         del self.slots[slot.id]
+        self.generation += 1
         self._by_conn.pop(slot.conn, None)
         if slot.id in self.idle:
             self.idle.remove(slot.id)
