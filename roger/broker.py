@@ -132,15 +132,22 @@ def queue_arguments(settings: Settings, partition: str, queue: str) -> dict[str,
     return queues
 
 
-def declare_queues(channel: amqp.Channel, settings: Settings, partition: str, queue: str) -> None:
+def declare_queues(channel: amqp.Channel, settings: Settings, partition: str, queue: str,
+                   retry: bool = True) -> None:
     """Declare (idempotently) the main, retry, buried and rejected queues.
 
     All durable. A queue that already exists with other arguments (e.g. a
     classic queue when `queue_type` is quorum) raises `BrokerError` naming
     the difference; the channel is closed by RabbitMQ and must be discarded.
+    With ``retry=False`` the retry queues are left out: producers and
+    starting consumers skip them (a dozen declarations per queue, which add
+    up over hundreds of partitions), and the first retry publish declares
+    them when RabbitMQ returns it as unroutable.
     """
     with translate_errors():
         for name, arguments in queue_arguments(settings, partition, queue).items():
+            if not retry and ".retry." in name:
+                continue
             channel.queue_declare(
                 queue=name, durable=True, exclusive=False, auto_delete=False, arguments=arguments
             )
@@ -495,7 +502,8 @@ class Broker:
         )
         if key in self._declared:
             return
-        self.call(lambda channel: declare_queues(channel, settings, partition, queue))
+        self.call(lambda channel: declare_queues(channel, settings, partition, queue,
+                                                 retry=False))
         self._declared.add(key)
 
     def forget_declared(self) -> None:

@@ -123,7 +123,7 @@ class Consumer:
         self.sock = self.amqp.sock
         buffer_reads(self.amqp.transport)
         self.channel = self.conn.channel()
-        broker.declare_queues(self.channel, s, self.partition, self.queue)
+        broker.declare_queues(self.channel, s, self.partition, self.queue, retry=False)
         # Settling publishes (retry, buried, rejected) are confirmed on their
         # own channel before the original delivery is acked.
         self.settle_channel = self.conn.channel()
@@ -243,7 +243,8 @@ class Consumer:
                 log.warning("[%s] the broker cancelled our subscription to %s; "
                             "declaring it again", self.tag, self.qname)
                 self.ctag = None
-                broker.declare_queues(self.channel, self.settings, self.partition, self.queue)
+                broker.declare_queues(self.channel, self.settings, self.partition, self.queue,
+                                      retry=False)
                 self._subscribe()
 
     def _heartbeat(self) -> None:

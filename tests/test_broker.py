@@ -280,6 +280,8 @@ def test_publishing_from_a_callback_while_waiting_for_confirms(partition, rabbit
 def test_purge_empties_the_queue_and_its_retries(partition, rabbit, settings):
     roger.enqueue_many([Ping.create({}) for _ in range(4)], partition)
     channel = rabbit.channel()
+    # Retry queues exist once a job has been retried (declared on demand).
+    broker.declare_queues(channel, settings, partition, "default")
     channel.basic_publish(amqp.Message(b"{}"), routing_key=f"{partition}-default.retry.1")
     channel.close()
 
