@@ -11,6 +11,38 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from amqp.exceptions import ConnectionError as AMQPConnectionError
+from amqp.exceptions import RecoverableConnectionError
+from kombu import Connection
+
+from roger.settings import redact_url
+
+# What a lost or refused broker connection raises, from the socket up.
+CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
+
+
+def connect(settings: Any) -> Connection:
+    """A connection with the settings' heartbeat and connect timeout.
+
+    Raises `ConnectionError` naming the broker, password left out.
+    """
+    conn = Connection(settings.broker_url, heartbeat=settings.heartbeat,
+                      connect_timeout=settings.connect_timeout)
+    try:
+        conn.connect()
+    except Exception as e:
+        raise ConnectionError(f"cannot connect to {redact_url(settings.broker_url)}: {e}") from None
+    return conn
+
+
+def drain_pending(connection: Any) -> None:
+    """Dispatch every frame that has already arrived, without waiting for more."""
+    while True:
+        try:
+            connection.drain_events(timeout=0)
+        except TimeoutError:
+            return
+
 READ_CHUNK = 4096  # what py-amqp's own reads ask for (see buffer_reads)
 READ_SIZE = 65536  # what the loop reads when the socket is readable
 

@@ -29,18 +29,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from amqp.exceptions import ConnectionError as AMQPConnectionError
-from amqp.exceptions import ConsumerCancelled, RecoverableConnectionError
-from kombu import Connection
+from amqp.exceptions import ConsumerCancelled
 
 import supervision
-from roger import broker, message, registry, retry
+from roger import amqp_io, broker, message, registry, retry
 from roger.amqp_io import READ_SIZE, AckBatcher, buffer_reads, has_frame
 from roger.callbacks import Callbacks
 from roger.errors import BadMessage, JobTimeout, WorkerCrashed
 from roger.global_client import GlobalClient
 from roger.pool import WorkerPool
-from roger.settings import redact_url
 from roger.worker import decide
 from supervision.events import signal_name
 
@@ -48,7 +45,6 @@ log = logging.getLogger("roger.consumer")
 
 
 EXIT_CONNECTION_LOST = 4
-CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
 
 
 @dataclass
@@ -101,7 +97,7 @@ class Consumer:
             supervision.ready()
             log.info("[%s] consuming %s with %d workers", self.tag, self.qname, self.workers)
             self._loop()
-        except CONNECTION_ERRORS as e:
+        except amqp_io.CONNECTION_ERRORS as e:
             # Jobs in flight are not acked, so RabbitMQ requeues them; our
             # supervisor starts a fresh consumer that reconnects.
             log.error("[%s] lost the broker connection: %s", self.tag, e)
@@ -112,12 +108,10 @@ class Consumer:
 
     def _connect(self) -> None:
         s = self.settings
-        self.conn = Connection(s.broker_url, heartbeat=s.heartbeat,
-                               connect_timeout=s.connect_timeout)
         try:
-            self.conn.connect()
-        except Exception as e:
-            log.error("[%s] cannot connect to %s: %s", self.tag, redact_url(s.broker_url), e)
+            self.conn = amqp_io.connect(s)
+        except ConnectionError as e:
+            log.error("[%s] %s", self.tag, e)
             raise SystemExit(3) from None
         self.amqp = self.conn.connection
         self.sock = self.amqp.sock

@@ -29,19 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import amqp
-from amqp.exceptions import ConnectionError as AMQPConnectionError
-from amqp.exceptions import RecoverableConnectionError
-from kombu import Connection
 from multiprocess.connection import wait
 
 import supervision
-from roger import broker
+from roger import amqp_io, broker
 from roger.persister import load_persister
-from roger.settings import redact_url
 
 log = logging.getLogger("roger.global")
 
-CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
 
 CANCELLED_TTL = 24 * 3600.0  # seconds a cancelled id is remembered
 WAITING_HEADER = "x-roger-queue"  # on a parked job: the queue it returns to
@@ -159,20 +154,17 @@ class Coordinator:
     def run(self) -> None:
         try:
             self._run()
-        except CONNECTION_ERRORS as e:
+        except amqp_io.CONNECTION_ERRORS as e:
             # Unanswered requests stay in the queue for the next coordinator.
             log.error("[%s] coordinator lost the broker connection: %s", self.partition, e)
             raise SystemExit(4) from None
 
     def _run(self) -> None:
         s = self.settings
-        self.conn = Connection(s.broker_url, heartbeat=s.heartbeat,
-                               connect_timeout=s.connect_timeout)
         try:
-            self.conn.connect()
-        except Exception as e:
-            log.error("[%s] coordinator cannot connect to %s: %s", self.partition,
-                      redact_url(s.broker_url), e)
+            self.conn = amqp_io.connect(s)
+        except ConnectionError as e:
+            log.error("[%s] coordinator: %s", self.partition, e)
             raise SystemExit(3) from None
         self.amqp = self.conn.connection
         self.channel = self.conn.channel()
@@ -190,11 +182,7 @@ class Coordinator:
             objs = [self.amqp.sock] + ([parent.conn] if parent and not parent.closed else [])
             ready = wait(objs, s.heartbeat / 4 if s.heartbeat else 5.0)
             if self.amqp.sock in ready:
-                while True:
-                    try:
-                        self.amqp.drain_events(timeout=0)
-                    except TimeoutError:
-                        break
+                amqp_io.drain_pending(self.amqp)
             if parent is not None and parent.conn in ready and not self._serve(parent):
                 return
             if time.monotonic() - last_beat >= (s.heartbeat or 20) / 4:

@@ -23,19 +23,14 @@ import time
 from typing import Any
 
 import amqp
-from amqp.exceptions import ConnectionError as AMQPConnectionError
-from amqp.exceptions import RecoverableConnectionError
-from kombu import Connection
 from multiprocess.connection import wait
 
 import supervision
-from roger import broker, rpc
-from roger.settings import redact_url
+from roger import amqp_io, broker, rpc
 from supervision import ChildSpec
 
 log = logging.getLogger("roger.system")
 
-CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
 
 PRESENCE_INTERVAL = 1.0
 PRESENCE_TTL = 3.5
@@ -66,7 +61,7 @@ def run_system(settings: Any) -> None:
         try:
             system.run()
             return
-        except CONNECTION_ERRORS as e:
+        except amqp_io.CONNECTION_ERRORS as e:
             log.warning("system: broker connection lost or refused (%s); retrying in %.1f s",
                         e, delay)
         time.sleep(delay)  # backoff between reconnects, capped
@@ -81,11 +76,7 @@ class System:
 
     def run(self) -> None:
         s = self.settings
-        conn = Connection(s.broker_url, heartbeat=s.heartbeat, connect_timeout=s.connect_timeout)
-        try:
-            conn.connect()
-        except Exception as e:
-            raise ConnectionError(f"cannot connect to {redact_url(s.broker_url)}: {e}") from None
+        conn = amqp_io.connect(s)
         self.conn, self.amqp = conn, conn.connection
         self.channel = conn.channel()
         self.exchange = declare_system(self.channel, s)
@@ -103,11 +94,7 @@ class System:
             objs = [self.amqp.sock] + ([parent.conn] if parent and not parent.closed else [])
             ready = wait(objs, max(0.0, next_announce - time.monotonic()))
             if self.amqp.sock in ready:
-                while True:
-                    try:
-                        self.amqp.drain_events(timeout=0)
-                    except TimeoutError:
-                        break
+                amqp_io.drain_pending(self.amqp)
             if parent is not None and parent.conn in ready:
                 try:
                     while parent.pending():
