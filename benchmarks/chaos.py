@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import amqp
 import kombu
 
 import roger
@@ -100,15 +101,16 @@ WHY_DUPLICATES = {
     CLOSE_CONNECTIONS: "acks of jobs finishing while the connection drops are lost; "
                        "RabbitMQ redelivers them",
     BROKER_RESTART: "as close_connections, for every connection, plus the broker's restart",
-    MEMORY_ALARM: "a blocked connection cannot confirm a retry or deliver acks in time, and "
-                  "a producer re-publishes a batch whose confirms never came",
+    MEMORY_ALARM: "a consumer's blocked connection cannot confirm a retry in time: the "
+                  "consumer ends and its finished, unacked jobs are redelivered",
     STOP_CONSUMER: "RabbitMQ declares the frozen consumer dead after 2 missed heartbeats and "
                    "redelivers its jobs, while its workers (not frozen) finish them",
     RESTART_PARTITION: "none expected: the partition drains gracefully",
     EXTERNAL: "another program's fault on the shared broker (the nodes' logs show "
               "connections dropped outside this run's own faults)",
     "producer_republish": "the producer re-published records whose confirm never came "
-                          "(the first publish was queued after all)",
+                          "(a memory alarm, a dropped connection, a broker restart): the "
+                          "first publish was queued after all, so two copies of the id ran",
 }
 
 RABBITMQCTL_TIMEOUT = 120.0
@@ -434,9 +436,15 @@ class Injector:
         self.rng = random.Random(self.cfg.seed)
         self.stopped: set[int] = set()  # SIGSTOPped pids, for the final SIGCONT
         self.faults: list[Fault] = []
+        self.struck: float | None = None  # when the current fault struck
+
+    def _strike(self) -> None:
+        """Mark the moment a fault strikes (after finding its target, which takes a while)."""
+        self.struck = time.time()
 
     def inject(self, kind: str) -> Fault:
         fault = Fault(kind, time.time())
+        self.struck = None
         try:
             fault.target, fault.note = getattr(self, f"_{kind}")()
         except Skip as e:
@@ -445,6 +453,8 @@ class Injector:
             fault.note = f"error: {type(e).__name__}: {e}"
             fault.injected = False
         fault.end = time.time()
+        if self.struck is not None:
+            fault.start = self.struck
         self.faults.append(fault)
         self.run.say(f"fault {kind}: {fault.target} {fault.note}".rstrip())
         return fault
@@ -507,6 +517,7 @@ class Injector:
     def _kill_worker(self) -> tuple[str, str]:
         t = self._target(need_job=True)
         assert t.job is not None
+        self._strike()
         os.kill(t.job["worker_pid"], signal.SIGKILL)
         return f"{t} worker {t.job['worker_pid']}", f"running {t.describe_job()}"
 
@@ -514,6 +525,7 @@ class Injector:
         t = self._target()
         pid = t.info["pid"]
         procs = tree(pid)  # its workers must die with it
+        self._strike()
         os.kill(pid, signal.SIGKILL)
         orphans = _wait_gone(procs, 5.0)
         _kill_all(procs)
@@ -525,6 +537,7 @@ class Injector:
         pid = t.info["pid"]
         stop_for = self.cfg.stop_for or 3 * self.cfg.heartbeat + 1.0
         self.stopped.add(pid)
+        self._strike()
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(stop_for)
@@ -539,6 +552,7 @@ class Injector:
         t = self._target()
         pid = t.partition_pid
         procs = tree(pid)
+        self._strike()
         os.kill(pid, signal.SIGKILL)
         orphans = _wait_gone(procs, 5.0)
         note = f"ORPHANS left: {orphans}" if orphans else f"{len(procs)} processes gone"
@@ -548,6 +562,7 @@ class Injector:
     def _restart_partition(self) -> tuple[str, str]:
         t = self._target()
         started = time.monotonic()
+        self._strike()
         with Client(t.node.socket, timeout=120.0) as ctl:
             reply = ctl.request("restart_partition", partition=t.partition)
         state = "running" if t.partition in reply.get("running", {}) else "waiting"
@@ -558,6 +573,7 @@ class Injector:
     def _kill_node(self) -> tuple[str, str]:
         node = self._target().node
         root = node.pid
+        self._strike()
         procs, orphans = node.sigkill()
         time.sleep(1.0)  # dead for a moment: the other node takes its share
         node.start()
@@ -570,11 +586,13 @@ class Injector:
         return f"{node.name} root {root}", note
 
     def _close_connections(self) -> tuple[str, str]:
+        self._strike()
         rabbitmqctl("close_all_connections", "roger chaos: ledger run")
         return "broker", "every connection closed"
 
     def _broker_restart(self) -> tuple[str, str]:
         try:
+            self._strike()
             rabbitmqctl("stop_app")
             time.sleep(2.0)
         finally:
@@ -594,6 +612,7 @@ class Injector:
             ok = self.run.ledger.publish([probe], self.run.producer_settings, give_up=120.0)
             outcome["ok"], outcome["blocked"] = ok, time.monotonic() - t0
 
+        self._strike()
         rabbitmqctl("set_vm_memory_high_watermark", "0")
         prober = threading.Thread(target=publish_probe, name="chaos probe", daemon=True)
         try:
@@ -641,7 +660,8 @@ class Report:
     unconfirmed_done: int = 0
     unconfirmed: int = 0  # publishes given up
     dup_causes: Counter[str] = field(default_factory=Counter)
-    overlapping: int = 0  # duplicates whose runs overlapped in time
+    overlapping: Counter[str] = field(default_factory=Counter)  # cause -> overlapping reruns
+    copies_aside: Counter[str] = field(default_factory=Counter)  # dead-lettered copies of done jobs
     faults: list[Fault] = field(default_factory=list)
     external: list[Fault] = field(default_factory=list)  # other programs' broker faults
     producer_errors: int = 0  # publishes that raised BrokerError (and were retried)
@@ -713,9 +733,16 @@ class Report:
         if not self.dup_causes:
             lines.append("| - | 0 | |")
         lines.append("")
-        lines.append(f"Duplicated jobs whose two runs overlapped in time: {self.overlapping} "
-                     "(a redelivery while the first run still went on: a frozen consumer's "
-                     "workers keep running).")
+        overlaps = ", ".join(f"{c}: {n}" for c, n in self.overlapping.most_common())
+        lines.append(f"Reruns that started before the previous run ended: "
+                     f"{sum(self.overlapping.values())}{f' ({overlaps})' if overlaps else ''}. "
+                     "Two copies of one job id (a re-published batch) can be delivered to "
+                     "two nodes at once; a redelivery can start while a worker of a consumer "
+                     "that lost its connection (or is frozen) still runs.")
+        if self.copies_aside:
+            aside = ", ".join(f"{r}: {n}" for r, n in self.copies_aside.most_common())
+            lines.append(f"Dead-lettered copies of jobs that ran anyway (counted as done): "
+                         f"{sum(self.copies_aside.values())} ({aside}).")
         for note in self.notes:
             lines.append(f"\nNote: {note}")
         if self.lost_ids:
@@ -900,7 +927,9 @@ class ChaosRun:
                                 dead[job_id] = f"{kind}: {headers.get('x-roger-reason', '?')}"
                             else:
                                 queued.add(job_id)
-                    except Exception as e:  # a missing queue holds nothing
+                    except amqp.exceptions.NotFound:
+                        pass  # never declared (retry queues are declared on demand): empty
+                    except Exception as e:
                         self.say(f"cannot read {name}: {e}")
                     finally:
                         with contextlib.suppress(Exception):
@@ -926,15 +955,18 @@ class ChaosRun:
         dead_counts: Counter[str] = Counter()
         for job_id in confirmed:
             runs = sorted(ledger.completions.get(job_id, []), key=lambda c: c.t)
+            if runs and job_id in dead:
+                report.copies_aside[dead[job_id]] += 1
             if len(runs) == 1:
                 report.done_once += 1
             elif len(runs) > 1:
                 report.duplicated += 1
                 report.extra_runs += len(runs) - 1
                 for prev, again in zip(runs, runs[1:], strict=False):
-                    report.dup_causes[self._cause(job_id, prev, again, faults)] += 1
+                    cause = self._cause(job_id, prev, again, faults)
+                    report.dup_causes[cause] += 1
                     if again.started < prev.t:
-                        report.overlapping += 1
+                        report.overlapping[cause] += 1
             elif job_id in dead:
                 dead_counts[dead[job_id]] += 1
             elif job_id in queued:
@@ -944,9 +976,30 @@ class ChaosRun:
                 report.lost_ids.append(f"#{confirmed[job_id]} {job_id}")
         report.dead_lettered = dict(dead_counts)
 
+    def _save(self, report: Report) -> None:
+        """Keep what only this process knew (confirmed ids, faults) beside the sink and logs."""
+        data = {
+            "t0": self.t0, "partitions": self.partitions,
+            "confirmed": self.ledger.confirmed,
+            "republished": {i: n for i, n in self.ledger.publishes.items() if n > 1},
+            "faults": [vars(f) for f in report.faults + report.external],
+        }
+        (self.workdir / "ledger.json").write_text(json.dumps(data))
+
     def _cause(self, job_id: str, prev: Completion, again: Completion,
                faults: list[Fault]) -> str:
-        """Which fault made the job run again after its run `prev` finished."""
+        """What made the job run again after its run `prev` finished.
+
+        The rerun's own record tells the mechanism: a *redelivery* means an
+        ack was lost (the consumer, its connection or the broker went away
+        between the job's end and its ack); a higher *attempt* means a retry
+        (its worker died after the work); neither, for a job id published
+        more than once, means two copies from the producer. The fault whose
+        window holds the end of `prev` is the one to blame.
+        """
+        if not again.redelivered and again.attempt == prev.attempt \
+                and self.ledger.publishes[job_id] > 1:
+            return "producer_republish"
         candidates = []
         for f in faults:
             after = DUP_SLACK_AFTER + (self.cfg.confirm_timeout if f.kind == MEMORY_ALARM else 0)
@@ -956,8 +1009,6 @@ class ChaosRun:
             # The earliest fault that struck after the run finished, else the last before.
             later = [f for f in candidates if f.start >= prev.t]
             return (later[0] if later else candidates[-1]).kind
-        if self.ledger.publishes[job_id] > 1:
-            return "producer_republish"
         return "unexplained"
 
     def _external_disruptions(self, own: list[Fault]) -> list[Fault]:
@@ -1031,6 +1082,7 @@ class ChaosRun:
             dead, queued = self._leftovers()
             report.faults = list(self.injector.faults)
             self._classify(report, dead, queued)
+            self._save(report)
             report.notes += [f"orphans after a kill: {f.target}: {f.note}"
                              for f in report.faults if "ORPHANS" in f.note]
         finally:
