@@ -27,6 +27,9 @@ from benchmarks.report import Section, progress  # noqa: E402
 
 BENCHMARKS = ("throughput", "enqueue", "latency", "scale")
 PROFILE_NOTES = HERE / "PROFILE.md"  # findings, kept by hand from `python -m benchmarks profile`
+# The ledger run's section (`python -m benchmarks.chaos`), kept apart: a full
+# run rewrites RESULTS.md and must carry it over.
+RELIABILITY_NOTES = HERE / "RELIABILITY.md"
 PROFILE_OUT = HERE / "profile-latest.md"
 
 
@@ -126,8 +129,9 @@ def render(cfg: Config, header: list[str], sections: list[Section], elapsed: flo
         *header, f"- Load average at the end: {sysinfo.load()}", "",
     ]
     text = "\n".join(lines) + "\n" + "\n".join(s.markdown() for s in sections)
-    if PROFILE_NOTES.exists():
-        text += "\n" + PROFILE_NOTES.read_text()
+    for notes in (PROFILE_NOTES, RELIABILITY_NOTES):
+        if notes.exists():
+            text += "\n" + notes.read_text()
     return text
 
 
