@@ -129,6 +129,11 @@ class Consumer:
 
     def _close(self) -> None:
         self.closing = True
+        # Workers stop before any message goes back: a job requeued while its
+        # worker still ran could start on another node at the same moment.
+        # Answers already written are settled as the pool reads them; the
+        # jobs of killed workers are requeued by _on_lost (we are closing).
+        self.pool.close()
         try:
             self._flush_acks()
         except Exception:  # the connection is gone: those jobs run again
@@ -137,7 +142,6 @@ class Consumer:
             self.inflight.pop(tag)
             self._reject_requeue(tag)
         self._requeue_backlog()
-        self.pool.close()
         try:
             self.conn.release()
         except Exception:
