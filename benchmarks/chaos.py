@@ -57,7 +57,7 @@ import kombu
 import roger
 from benchmarks.chaos_jobs import LedgerJob
 from benchmarks.common import BROKER_URL, ROOT
-from benchmarks.procs import tree
+from benchmarks.procs import _stat, tree
 from roger.control import Client
 
 # ----------------------------------------------------------------- fault kinds
@@ -180,13 +180,8 @@ def restore_broker() -> list[str]:
 
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks, or None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return None if fields[0] == b"Z" else int(fields[19])
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
 
 
 def _survivors(procs: dict[int, int]) -> list[int]:
