@@ -55,8 +55,8 @@ class WorkerCrashed(RogerError):
         super().__init__(message)
 
     def __reduce__(self) -> tuple[type[WorkerCrashed], tuple[int | None, str | None]]:
-        # Errors cross process boundaries (worker -> consumer -> callbacks):
-        # keep the attributes when pickled instead of the formatted message.
+        # Errors cross process boundaries (replies on supervision links): keep
+        # the attributes when copied, not just the formatted message.
         return (type(self), (self.exitcode, self.signal))
 
 

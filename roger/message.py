@@ -7,8 +7,9 @@ A message body is one JSON object::
      "queued_at": 1700000000000, "max_execution_time": null}
 
 with content type ``application/json``. `started_at` is not on the wire: it
-is set by the worker that runs the job. Never pickle: a message must not be
-able to run code in the process that reads it.
+is set by the worker that runs the job. JSON only, never an object
+serialisation format: a message must not be able to run code in the
+process that reads it.
 
 This module is on the hot path of every job, so `decode` validates with
 plain type checks rather than a schema library.

@@ -1,7 +1,7 @@
 """The worker process: runs jobs one at a time, and nothing else.
 
 A worker talks only to its consumer, over a private pipe of raw bytes (no
-pickle, no broker connection): it receives a job frame, runs the job with
+object serialisation, no broker connection): it receives a job frame, runs the job with
 the callbacks around it, and answers with an outcome frame. Everything that
 can go wrong inside `perform` (any `BaseException`, `SystemExit` included)
 becomes an error outcome; a worker that dies instead (os._exit, a signal, a
