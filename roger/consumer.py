@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import signal
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from roger.global_client import GlobalClient
 from roger.pool import WorkerPool
 from roger.worker import decide
 from supervision.events import signal_name
+from supervision.signals import Wakeup
 
 log = logging.getLogger("roger.consumer")
 
@@ -78,8 +77,7 @@ class Consumer:
         self.inbox: deque[tuple[Any, tuple]] = deque()  # AMQP callbacks' work, run by the loop
         self.acks = AckBatcher()
         self.selector = selectors.DefaultSelector()
-        self.registered: set[Any] = set()
-        self.registered_generation = -1
+        self.registered: tuple[int, bool] | None = None  # what the epoll set was built for
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -161,13 +159,10 @@ class Consumer:
                                 "them, their messages go back to the queue", self.tag,
                                 len(self.inflight))
                     return
-            objs = [self.sock, self._wake_r, *self.pool.wait_objects()]
-            if parent is not None and not parent.closed:
-                objs.append(parent.conn)
             # Frames may wait in py-amqp's buffer (read while waiting for a
             # confirm, say), where epoll cannot see them.
             buffered = has_frame(self.amqp.transport)
-            ready = self._wait(objs, 0.0 if buffered else self._next_timeout())
+            ready = self._wait(parent, 0.0 if buffered else self._next_timeout())
             if buffered or self.sock in ready:
                 self._drain_amqp(self.sock in ready)
                 self._run_inbox()
@@ -182,25 +177,27 @@ class Consumer:
             self._flush_acks()
             self._heartbeat()
 
-    def _wait(self, objs: list[Any], timeout: float) -> set[Any]:
+    def _wait(self, parent: supervision.Link | None, timeout: float) -> set[Any]:
         """Like `multiprocess.connection.wait`, with one epoll set kept across turns.
 
         Building a poller and registering every descriptor on each turn was
-        a tenth of the consumer's time; the set only changes when a worker
-        starts or exits.
+        a tenth of the consumer's time. What to watch changes only when the
+        pool's generation moves (a worker starts or exits) or the parent link
+        closes; then the set is rebuilt, not patched: a worker's sentinel is
+        a bare fd number that the next worker's may reuse (epoll forgot the
+        closed one), and a dead worker's closed pipe cannot be unregistered.
         """
-        wanted = set(objs)
-        if wanted != self.registered or self.pool.generation != self.registered_generation:
-            # Rebuilt, not patched. A worker's sentinel is a bare fd number
-            # that the next worker's may reuse (epoll forgot the closed one,
-            # so an equal-looking set can hide an unregistered descriptor),
-            # and a dead worker's closed pipe cannot be unregistered by object.
+        parent_open = parent is not None and not parent.closed
+        key = (self.pool.generation, parent_open)
+        if key != self.registered:
+            objs = [self.sock, self._wake_r, *self.pool.wait_objects()]
+            if parent_open:
+                objs.append(parent.conn)
             self.selector.close()
             self.selector = selectors.DefaultSelector()
-            for obj in wanted:
+            for obj in objs:
                 self.selector.register(obj, selectors.EVENT_READ)
-            self.registered = wanted
-            self.registered_generation = self.pool.generation
+            self.registered = key
         return {key.fileobj for key, _ in self.selector.select(timeout)}
 
     def _next_timeout(self) -> float:
@@ -549,20 +546,10 @@ class Consumer:
     # ------------------------------------------------------------------ signals
 
     def _install_signals(self) -> None:
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, _noop)
+        wakeup = Wakeup()
+        self._wake_r, self._wake_w = wakeup.reader, wakeup.writer
+        self._wakeup = wakeup
 
     def _on_signal(self) -> None:
-        try:
-            self._wake_r.recv(64)
-        except BlockingIOError:
-            return
-        self.begin_drain()
-
-
-def _noop(signum: int, frame: Any) -> None:
-    """Signals only wake the loop (through the wakeup fd)."""
+        if self._wakeup.read():
+            self.begin_drain()

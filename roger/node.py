@@ -20,7 +20,7 @@ from multiprocess.connection import wait
 
 from roger import control, registry
 from roger.partition import run_partition
-from roger.settings import Settings
+from roger.settings import Settings, check_partition_name, check_queue_name
 from roger.system import system_spec
 from supervision import ChildSpec, Event, StartFailed, Supervisor, SupervisorAPI
 
@@ -110,8 +110,6 @@ class Root:
         return fn(*args)
 
     def op_start_partition(self, name: str, queues: dict[str, int]) -> dict:
-        from roger.settings import check_partition_name
-
         check_partition_name(name)  # also keeps it apart from "roger.control" & co.
         if name in self.partitions:
             raise ValueError(f"partition {name!r} is already configured on this node")
@@ -167,8 +165,6 @@ class Root:
 
 
 def _check_queues(queues: Any) -> dict[str, int]:
-    from roger.settings import check_queue_name
-
     if not isinstance(queues, dict) or not queues:
         raise ValueError(f"queues must be a non-empty dict of queue name to workers, "
                          f"got {queues!r}")

@@ -66,7 +66,10 @@ class WorkerPool:
                          restart="temporary", shutdown="brutal_kill")
         self.sup = DynamicSupervisor(spec, name=f"{partition}-{queue} pool",
                                      on_event=self._hook)
-        self.generation = 0  # bumped whenever a worker starts or exits
+        # Bumped whenever what `wait_objects` returns changes (a worker starts
+        # or exits, a pipe stops being watched): the consumer rebuilds its epoll
+        # set on that, not by comparing sets every loop turn.
+        self.generation = 0
         self.slots: dict[str, Slot] = {}
         self.idle: deque[str] = deque()
         self._by_conn: dict[Any, Slot] = {}
@@ -161,10 +164,10 @@ class WorkerPool:
         finally:
             child_end.close()
         pid = next(c.pid for c in self.sup.which_children() if c.id == slot_id)
-        self.generation += 1
         slot = Slot(slot_id, pid, parent_end)
         self.slots[slot_id] = slot
         self._by_conn[parent_end] = slot
+        self.generation += 1
         if not busy:
             self.idle.append(slot_id)
         return slot
@@ -173,7 +176,11 @@ class WorkerPool:
         # Closing its pipe makes an idle worker see EOF and exit normally.
         slot = self.slots[slot_id]
         slot.conn.close()
-        self._by_conn.pop(slot.conn, None)
+        self._unwatch(slot.conn)
+
+    def _unwatch(self, conn: Any) -> None:
+        if self._by_conn.pop(conn, None) is not None:
+            self.generation += 1
 
     def _read(self, slot: Slot, known_readable: bool = False) -> None:
         # A worker answers once per job and then waits for the next one, so
@@ -183,12 +190,12 @@ class WorkerPool:
             try:
                 frame = slot.conn.recv_bytes()
             except (EOFError, OSError):
-                self._by_conn.pop(slot.conn, None)  # the exit event settles the rest
+                self._unwatch(slot.conn)  # the exit event settles the rest
                 return
             tag, error, last = decode_outcome(frame)
             slot.tag = None
             if last:
-                self._by_conn.pop(slot.conn, None)  # it is exiting; its exit event follows
+                self._unwatch(slot.conn)  # it is exiting; its exit event follows
             elif len(self.slots) > self.size:
                 self._retire(slot.id)
             else:
@@ -226,8 +233,8 @@ class WorkerPool:
         if not slot.conn.closed:
             self._read(slot)  # an answer written just before it exited
         del self.slots[slot.id]
-        self.generation += 1
-        self._by_conn.pop(slot.conn, None)
+        self._unwatch(slot.conn)
+        self.generation += 1  # its sentinel and link are gone too
         if slot.id in self.idle:
             self.idle.remove(slot.id)
         if not slot.conn.closed:

@@ -18,7 +18,7 @@ from roger.errors import UnknownJob
 if TYPE_CHECKING:
     from roger.job import Job
 
-__all__ = ["import_modules", "register", "registered", "resolve"]
+__all__ = ["import_modules", "register", "resolve"]
 
 _classes: dict[str, type[Job]] = {}
 _lock = threading.Lock()
@@ -54,12 +54,6 @@ def resolve(name: str) -> type[Job]:
         return _classes[name]
     except (KeyError, TypeError):
         raise UnknownJob(name) from None
-
-
-def registered() -> dict[str, type[Job]]:
-    """A snapshot of every registered name and its class."""
-    with _lock:
-        return dict(_classes)
 
 
 def import_modules(names: list[str]) -> None:

@@ -53,6 +53,7 @@ from .errors import (
 )
 from .events import ChildInfo, Event, describe_exit
 from .intensity import RestartWindow
+from .signals import Wakeup
 from .spec import ChildSpec, check_flags
 
 log = logging.getLogger("supervision")
@@ -344,13 +345,6 @@ class Supervisor(SupervisorAPI):
             raise SupervisorGone(f"{self.name}: child {child_id!r} is not running")
         child.link.cast(payload)
 
-    def link(self, child_id: Any) -> link_mod.Link:
-        """The parent end of a running child's link (for the loop's own thread)."""
-        child = self._get(child_id)
-        if child.link is None:
-            raise SupervisorGone(f"{self.name}: child {child_id!r} is not running")
-        return child.link
-
     def _op_start_child(self, spec: ChildSpec) -> Any:
         if not isinstance(spec, ChildSpec):
             raise SupervisionError(f"start_child needs a ChildSpec, got {spec!r}")
@@ -598,18 +592,11 @@ class Supervisor(SupervisorAPI):
     def _install_signals(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        old = {s: signal.signal(s, _noop) for s in (signal.SIGTERM, signal.SIGINT)}
+        wakeup = Wakeup()
+        self._wake_r, self._wake_w = wakeup.reader, wakeup.writer
 
         def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-            signal.set_wakeup_fd(old_fd)
-            self._wake_r.close()
-            self._wake_w.close()
+            wakeup.close()
             self._wake_r = None
 
         return restore
@@ -626,8 +613,6 @@ class Supervisor(SupervisorAPI):
         self.shutdown()
 
 
-def _noop(signum: int, frame: Any) -> None:
-    """Signals only wake the loop through the wakeup fd; the loop acts on them."""
 
 
 def _await_ready(proc: Any, link: link_mod.Link, spec: ChildSpec) -> None:

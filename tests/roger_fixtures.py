@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import kombu
 import pytest
+from supervision_helpers import wait_until
 
 from roger import config
 from roger.settings import Settings
@@ -19,14 +19,7 @@ BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
     """Poll `predicate` until truthy: the state we wait for lives in other processes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    return wait_until(predicate, timeout, what)
 
 
 def queue_names(partition: str, queues: list[str], levels: list[int]) -> list[str]:
