@@ -4,7 +4,7 @@ import os
 import signal
 
 import pytest
-from supervision_helpers import Proc, sleep_forever, wait_dead
+from supervision_helpers import Proc, sleep_forever, wait_dead, wait_until
 
 from supervision import ChildSpec, Supervisor
 
@@ -72,12 +72,16 @@ def test_simultaneous_crashes_are_each_handled_once(trees, strategy):
     sup = Supervisor([ChildSpec(str(i), sleep_forever, shutdown=2) for i in range(n)],
                      strategy=strategy, intensity=1000, period=1, on_event=events)
     handle = trees.start(sup)
+    supervisor = Proc(handle.pid)
     for _ in range(8):
         pids = [c.pid for c in handle.which_children()]
         procs = [Proc(pid) for pid in pids]
         mark = events.mark()
         os.kill(handle.pid, signal.SIGSTOP)
         try:
+            # kill() returns before the stop takes effect: a supervisor still
+            # running could see the first death in a turn of its own.
+            wait_until(lambda: supervisor.state() == "T", 5, "supervisor stopped")
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             wait_dead(procs, 5)  # zombies, all reported by the next wait() at once
