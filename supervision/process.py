@@ -9,10 +9,10 @@ default signal handling back.
 
 Each child also freezes the garbage collector's view of what it inherited
 (`gc.freeze`): a full collection writes to the header of every object it
-visits, which would copy every page of the parent's heap into the child
-(about 12 MiB per child under roger, measured, the first time a long-lived
-worker collects), and inherited objects are
-almost all modules and classes that live as long as the process anyway.
+visits, which would copy the parent's heap into the child page by page (about
+12 MiB per child under roger, measured, the first time a long-lived worker
+collects). Inherited objects are almost all modules and classes that live as
+long as the process anyway.
 """
 
 from __future__ import annotations
