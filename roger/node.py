@@ -18,7 +18,7 @@ from typing import Any
 
 from multiprocess.connection import wait
 
-from roger import control, registry
+from roger import amqp_io, control, registry
 from roger.partition import run_partition
 from roger.settings import Settings, check_partition_name, check_queue_name
 from roger.system import system_spec
@@ -236,6 +236,7 @@ class Node:
         # Import job modules once in the root: typos fail the node at start,
         # and every forked process shares the imported code.
         registry.import_modules(self.settings.imports)
+        amqp_io.warm_up(self.settings)
         # A live node on our control socket (or a path too long for one)
         # fails here, in the caller, with a clear ControlError.
         control.claim_socket_path(self.settings.control_socket)
