@@ -25,6 +25,7 @@ within each child's `start_timeout` and `shutdown`, and then goes on.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -535,18 +536,33 @@ class Supervisor(SupervisorAPI):
                 if c is not failed and c.spec.restart == "temporary":
                     self._children.pop(c.spec.id, None)
             again = [c for c in again if c.spec.id in self._children]
-        for c in again:
+        self._restart_each(again, f"{self.strategy} after {failed.spec.id!r} exited")
+
+    def _restart_each(self, children: list[_Child], reason: str) -> None:
+        for i, c in enumerate(children):
             c.restarts += 1
-            self._emit("restarting", c, reason=f"{self.strategy} after {failed.spec.id!r} exited")
-            while True:
-                try:
-                    self._start(c)
-                    break
-                except StartFailed as e:
-                    log.error("%s", e)
-                    if not self._window.add():
-                        self._give_up(c)
-                        return
+            self._emit("restarting", c, reason=reason)
+            try:
+                self._start(c)
+            except StartFailed as e:
+                log.error("%s", e)
+                if not self._window.add():
+                    self._give_up(c)
+                    return
+                # As OTP's try_again_restart: retry from the loop, not at once,
+                # so that what happened meanwhile is handled first. A start can
+                # depend on a sibling (roger's consumer asks its coordinator
+                # for state) whose exit is waiting to be handled: retried in
+                # place, the start would fail for as long as the loop is held.
+                self.call_later(0, functools.partial(self._try_again, children[i:], reason))
+                return
+
+    def _try_again(self, children: list[_Child], reason: str) -> None:
+        if self._stopping:
+            return
+        # Skip what changed meanwhile: deleted, or started through the API.
+        self._restart_each([c for c in children
+                            if self._children.get(c.spec.id) is c and not c.running], reason)
 
     def _give_up(self, child: _Child) -> None:
         self._emit("intensity_exceeded", child)

@@ -3,10 +3,12 @@
 import os
 import signal
 import sys
+import time
 
 import pytest
 from supervision_helpers import exit_with, flag, serve, sleep_forever, tree_pids, wait_dead
 
+import supervision
 from supervision import ChildSpec, Supervisor
 
 
@@ -157,3 +159,44 @@ def test_never_ignores_significant_children(trees):
     events.wait1("exited", "s1")
     assert handle.count_children()["active"] == 2
     assert events.matching("shutdown") == []
+
+
+def unblock_then_sleep(block_path):
+    block_path.unlink(missing_ok=True)
+    supervision.ready()
+    sleep_forever()
+
+
+def ready_unless_blocked(block_path):
+    """Start only while `block_path` does not exist; else fail to start, slowly."""
+    if block_path.exists():
+        time.sleep(0.2)
+        sys.exit(2)
+    supervision.ready()
+    sleep_forever()
+
+
+def test_a_failing_restart_lets_the_supervisor_handle_what_happens_meanwhile(trees, tmp_path):
+    # "user" can start only while "dep" runs, as roger's consumer needs its
+    # partition's coordinator. dep dies while user's restart keeps failing:
+    # the supervisor must restart dep between user's attempts (OTP's
+    # try_again_restart), not retry user for as long as its budget lasts.
+    block = tmp_path / "blocked"
+    events = trees.events()
+    sup = Supervisor([ChildSpec("dep", unblock_then_sleep, args=(block,), notify_ready=True),
+                      ChildSpec("user", ready_unless_blocked, args=(block,), notify_ready=True)],
+                     intensity=100, period=5, on_event=events)
+    handle = trees.start(sup)
+    before = tree_pids(handle)
+
+    block.touch()
+    os.kill(before[("user",)], signal.SIGKILL)
+    events.wait1("start_failed", "user")
+    assert [c.id for c in handle.which_children()] == ["dep", "user"]  # answered meanwhile
+    os.kill(before[("dep",)], signal.SIGKILL)
+
+    events.wait("started", "user", count=2, timeout=10)
+    after = tree_pids(handle)
+    assert after[("dep",)] != before[("dep",)] and after[("user",)] != before[("user",)]
+    assert not block.exists()
+
