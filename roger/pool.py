@@ -23,15 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import multiprocess
 from multiprocess.connection import wait
 
+from roger import pipe
 from roger.worker import decode_outcome, encode_job, run_worker
 from supervision import ChildSpec, DynamicSupervisor, Event
 
 log = logging.getLogger("roger.pool")
 
-_ctx = multiprocess.get_context("fork")
 IDLE_EXIT_GRACE = 1.0  # seconds an idle worker gets to exit by itself at shutdown
 
 
@@ -141,7 +140,7 @@ class WorkerPool:
         """Send a job to an idle worker (starting one if needed); the caller checked capacity."""
         slot = self.slots[self.idle.popleft()] if self.idle else self._start(busy=True)
         slot.tag = tag
-        slot.conn.send_bytes(encode_job(tag, redelivered, body))
+        slot.conn.send(encode_job(tag, redelivered, body))
         return slot
 
     def kill(self, slot_id: str) -> None:
@@ -155,7 +154,7 @@ class WorkerPool:
     # ---------------------------------------------------------------- internals
 
     def _start(self, busy: bool = False) -> Slot:
-        parent_end, child_end = _ctx.Pipe(duplex=True)
+        parent_end, child_end = pipe.pair()
         try:
             # A worker closes its copies of the consumer's sockets and of the
             # parent ends of pipes (its own, its siblings'): else no EOF comes.
@@ -183,26 +182,31 @@ class WorkerPool:
             self.generation += 1
 
     def _read(self, slot: Slot, known_readable: bool = False) -> None:
-        # A worker answers once per job and then waits for the next one, so
-        # there is at most one frame to read: no poll() first when the loop
-        # already saw the pipe readable.
+        # When the loop saw the pipe readable, one read is all: a worker answers
+        # once per job, and a frame that arrived only in part makes the pipe
+        # readable again. Otherwise (its exit event) read all it wrote before it
+        # exited, up to the EOF.
         while not slot.conn.closed and (known_readable or slot.conn.poll()):
             try:
-                frame = slot.conn.recv_bytes()
+                frames = slot.conn.read()
             except (EOFError, OSError):
                 self._unwatch(slot.conn)  # the exit event settles the rest
                 return
-            tag, error, last = decode_outcome(frame)
-            slot.tag = None
-            if last:
-                self._unwatch(slot.conn)  # it is exiting; its exit event follows
-            elif len(self.slots) > self.size:
-                self._retire(slot.id)
-            else:
-                self.idle.append(slot.id)
-            self.on_outcome(tag, error)
+            for frame in frames:
+                self._outcome(slot, frame)
             if known_readable:
-                return  # a later frame makes the pipe readable again
+                return
+
+    def _outcome(self, slot: Slot, frame: bytes) -> None:
+        tag, error, last = decode_outcome(frame)
+        slot.tag = None
+        if last:
+            self._unwatch(slot.conn)  # it is exiting; its exit event follows
+        elif len(self.slots) > self.size:
+            self._retire(slot.id)
+        else:
+            self.idle.append(slot.id)
+        self.on_outcome(tag, error)
 
     def _hook(self, event: Event) -> None:
         """`_on_event`, keeping what it raises for `handle` / `kill` to raise.

@@ -1,11 +1,11 @@
 """The worker process: runs jobs one at a time, and nothing else.
 
-A worker talks only to its consumer, over a private pipe of raw bytes (no
-object serialisation, no broker connection): it receives a job frame, runs the job with
-the callbacks around it, and answers with an outcome frame. Everything that
-can go wrong inside `perform` (any `BaseException`, `SystemExit` included)
-becomes an error outcome; a worker that dies instead (os._exit, a signal, a
-segfault) is noticed by the consumer through its sentinel.
+A worker talks only to its consumer, over a private frame pipe (`roger.pipe`:
+raw bytes, no object serialisation, no broker connection): it receives a job
+frame, runs the job with the callbacks around it, and answers with an outcome
+frame. Everything that can go wrong inside `perform` (any `BaseException`,
+`SystemExit` included) becomes an error outcome; a worker that dies instead
+(os._exit, a signal, a segfault) is noticed by the consumer through its sentinel.
 
 Frames, consumer -> worker: ``struct("!QB")`` (delivery tag, redelivered)
 then the message body. Worker -> consumer: ``b"D" + tag`` when done, or
@@ -73,7 +73,7 @@ def run_worker(partition: str, queue: str, settings: Any, conn: Any, inherited: 
     done = 0
     while max_jobs is None or done < max_jobs:
         try:
-            frame = conn.recv_bytes()
+            frame = conn.recv()
         except (EOFError, OSError):
             return
         tag, redelivered = JOB_HEADER.unpack_from(frame)
@@ -84,7 +84,7 @@ def run_worker(partition: str, queue: str, settings: Any, conn: Any, inherited: 
         done += 1
         if max_jobs is not None and done >= max_jobs:
             outcome = outcome[:1].lower() + outcome[1:]
-        conn.send_bytes(outcome)
+        conn.send(outcome)
     log.debug("[%s/%s] worker %d recycled after %d jobs", partition, queue, os.getpid(), done)
 
 
