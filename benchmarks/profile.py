@@ -5,8 +5,9 @@
 (``pip install py-spy``) while it drains the queue. It prints, for each
 role (consumer, workers, ...), the CPU it used (exact, from /proc) and the
 functions that used it (sampled): self time, and inclusive time of the
-functions below the process's main loop. Findings from it are kept by
-hand in ``benchmarks/PROFILE.md``.
+functions below the process's main loop. Then it starts an idle node of 1
+partition x 2 queues and shows where each process's private memory (USS) is.
+Findings from it are kept by hand in ``benchmarks/PROFILE.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -148,3 +150,45 @@ def run(cfg: Config, workdir: str, queue_type: str = "quorum") -> str:
             spy.wait(10)
         system.cleanup()
         shutil.rmtree(out, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ memory
+
+def _private_by_mapping(pid: int) -> Counter[str]:
+    """KiB of private (USS) pages of `pid`, by mapping: a file's name, [heap], [anon]..."""
+    out: Counter[str] = Counter()
+    name = "?"
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head, _, rest = line.partition(" ")
+                if not head.endswith(":"):  # a mapping: range perms offset dev inode [path]
+                    path = rest.split()[4:]
+                    name = os.path.basename(path[0]) if path else "[anon]"
+                elif head in ("Private_Clean:", "Private_Dirty:"):
+                    out[name] += int(rest.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def memory(cfg: Config, queue_type: str = "classic") -> str:
+    """USS of each process of an idle node (1 partition x 2 queues), by mapping."""
+    system = RogerSystem(cfg, "mem", queue_type, queues={"a": 2, "b": 2})
+    try:
+        system.start(log_path(tempfile.gettempdir(), system, "memory"))
+        root = int(system.wait_ready()["root"])
+        time.sleep(2.0)  # let start-up work finish: the figure is for an idle node
+        tree = procs.levels(root)
+        names = {1: "node service or partition supervisor", 2: "consumer or coordinator"}
+        lines = [f"## Memory of an idle node ({queue_type} queues, 1 partition x 2 queues)", "",
+                 "| depth | role | USS MiB | largest private mappings (MiB) |", "|---|---|---|---|"]
+        for pid, depth in sorted(tree.items(), key=lambda item: (item[1], item[0])):
+            by_map = _private_by_mapping(pid)
+            top = ", ".join(f"{k} {v / 1024:.1f}" for k, v in by_map.most_common(3))
+            role = "root supervisor" if depth == 0 else names.get(depth, "worker")
+            lines.append(f"| {depth} | {role} | {sum(by_map.values()) / 1024:.1f} | {top} |")
+        progress(f"measured an idle node ({queue_type} queues)")
+        return "\n".join(lines) + "\n"
+    finally:
+        system.cleanup()

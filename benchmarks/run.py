@@ -103,6 +103,8 @@ def profile(args: argparse.Namespace) -> int:
         for queue_type in ("quorum", "classic"):
             parts.append(prof.run(cfg, workdir, queue_type))
             print(parts[-1], flush=True)
+        parts.append(prof.memory(cfg))
+        print(parts[-1], flush=True)
     finally:
         with rabbit.suppress_errors():
             rabbit.sweep(cfg.broker_url, cfg.name())
