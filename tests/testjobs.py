@@ -21,10 +21,16 @@ def record(path: str, **fields) -> None:
 
 
 def read(path: str | Path) -> list[dict]:
+    """Every complete record in `path` so far.
+
+    A worker may be writing while the test reads: a read can catch its line
+    half-written, so only lines that end with a newline count.
+    """
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    *complete, _partial = p.read_text().split("\n")
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 class Record(Job):
