@@ -55,10 +55,14 @@ def queue_depth(name: str) -> int:
 
 @pytest.fixture
 def partition(request):
-    """A fresh partition name; its queues are deleted afterwards."""
+    """A fresh partition name; its queues are deleted afterwards.
+
+    So are those of ``name + "b"``, the second partition some tests derive.
+    """
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
     delete_partition(name)
+    delete_partition(name + "b")
 
 
 def delete_partition(name: str) -> None:
