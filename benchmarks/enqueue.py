@@ -15,8 +15,8 @@ from typing import Any
 import kombu
 
 from benchmarks import rabbit
-from benchmarks.common import Config, Samples
-from benchmarks.report import Metric, Ratio, Section, progress, take
+from benchmarks.common import Config
+from benchmarks.report import Metric, Ratio, Section, interleaved
 from benchmarks.systems import CelerySystem, DramatiqSystem, KombuSystem, RogerSystem, System
 
 WARM_UP = 10
@@ -118,18 +118,9 @@ def measure(case: Case, cfg: Config, tag: str) -> float:
 
 def run(cfg: Config, workdir: str) -> Section:
     cases = _cases()
-    samples = Samples()
-    for rep in range(cfg.repeat):
-        order = cases[rep % len(cases):] + cases[:rep % len(cases)]
-        for n, case in enumerate(order):
-            tag = f"en{rep}{n}"
-            metrics = take(samples, case.label, rep, f"enqueue {rep + 1}/{cfg.repeat}",
-                           lambda a, case=case, tag=tag: {"rate": measure(case, cfg, f"{tag}a{a}")})
-            if metrics is not None:
-                progress(f"enqueue {rep + 1}/{cfg.repeat} {case.label}: "
-                         f"{metrics['rate']:,.0f} msg/s")
-    # Keep the table in the order of the cases, not of the last repeat.
-    samples.values = {c.label: samples.values[c.label] for c in cases if c.label in samples.values}
+    runs = [(case.label, lambda tag, case=case: {"rate": measure(case, cfg, tag)})
+            for case in cases]
+    samples = interleaved(cfg, "enqueue", runs, lambda m: f"{m['rate']:,.0f} msg/s")
     ratios = []
     for qt in ("quorum", "classic"):
         ratios += [

@@ -12,8 +12,8 @@ import tempfile
 import time
 
 from benchmarks import rabbit
-from benchmarks.common import Config, Samples, Summary, percentile
-from benchmarks.report import Metric, Ratio, Section, progress, take
+from benchmarks.common import Config, Summary, percentile
+from benchmarks.report import Metric, Ratio, Section, interleaved
 from benchmarks.systems import CelerySystem, DramatiqSystem, RogerSystem, System, log_path
 from benchmarks.tally import Tally
 
@@ -66,19 +66,10 @@ def measure(system: System, n: int, workdir: str) -> dict[str, float]:
 
 def run(cfg: Config, workdir: str) -> Section:
     n = cfg.latency_jobs
-    samples = Samples()
-    for rep in range(cfg.repeat):
-        order = FACTORIES[rep % len(FACTORIES):] + FACTORIES[:rep % len(FACTORIES)]
-        for k, (label, make) in enumerate(order):
-            tag = f"la{rep}{k}"
-            metrics = take(samples, label, rep, f"latency {rep + 1}/{cfg.repeat}",
-                           lambda a, make=make, tag=tag: measure(make(cfg, f"{tag}a{a}"), n,
-                                                                 workdir))
-            if metrics is not None:
-                progress(f"latency {rep + 1}/{cfg.repeat} {label}: p50 {metrics['p50']:.2f} ms, "
-                         f"p99 {metrics['p99']:.2f} ms")
-    samples.values = {label: samples.values[label] for label, _ in FACTORIES
-                      if label in samples.values}
+    runs = [(label, lambda tag, make=make: measure(make(cfg, tag), n, workdir))
+            for label, make in FACTORIES]
+    samples = interleaved(cfg, "latency", runs,
+                          lambda m: f"p50 {m['p50']:.2f} ms, p99 {m['p99']:.2f} ms")
     extra = ["| target | figure | median | met |", "|---|---|---|---|"]
     for label in ("roger (quorum)", "roger (classic)"):
         for key, target in (("p50", TARGET_P50_MS), ("p99", TARGET_P99_MS)):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from benchmarks import procs
-from benchmarks.common import BenchError, Samples, Summary
+from benchmarks.common import BenchError, Config, Samples, Summary
 
 
 @dataclass(frozen=True)
@@ -126,3 +126,26 @@ def take(samples: Samples, label: str, rep: int, where: str,
         samples.add(label, metrics, rep)
         return metrics
     return None
+
+
+def interleaved(cfg: Config, name: str, runs: list[tuple[str, Callable[[str], dict[str, float]]]],
+                describe: Callable[[dict[str, float]], str]) -> Samples:
+    """Each of `runs` once per repeat, interleaved (rotating the order) so drift hits all alike.
+
+    A run is (label, measure), where `measure(tag)` returns its metrics and
+    puts `tag` into the names it declares; `describe(metrics)` ends its
+    progress line. The samples keep the order of `runs`.
+    """
+    samples = Samples()
+    for rep in range(cfg.repeat):
+        shift = rep % len(runs)
+        where = f"{name} {rep + 1}/{cfg.repeat}"
+        for k, (label, measure) in enumerate(runs[shift:] + runs[:shift]):
+            tag = f"{name[:2]}{rep}{k}"
+            metrics = take(samples, label, rep, where,
+                           lambda a, measure=measure, tag=tag: measure(f"{tag}a{a}"))
+            if metrics is not None:
+                progress(f"{where} {label}: {describe(metrics)}")
+    samples.values = {label: samples.values[label] for label, _ in runs
+                      if label in samples.values}
+    return samples

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from benchmarks import procs, rabbit
 from benchmarks.common import Config, Samples, rates
-from benchmarks.report import Metric, Ratio, Section, progress, take
+from benchmarks.report import Metric, Ratio, Section, interleaved, progress
 from benchmarks.systems import (
     CelerySystem,
     DramatiqSystem,
@@ -84,19 +84,11 @@ def measure(system: System, n: int, workdir: str) -> dict[str, float]:
 
 def run_systems(cfg: Config, workdir: str, name: str, n: int,
                 factories: list[tuple[str, Callable[[Config, str], System]]]) -> Samples:
-    """Every system once per repeat, interleaved (rotating the order) so drift hits all alike."""
-    samples = Samples()
-    for rep in range(cfg.repeat):
-        order = factories[rep % len(factories):] + factories[:rep % len(factories)]
-        for label, make in order:
-            tag = f"{name[:2]}{rep}{len(samples.values)}"
-            metrics = take(samples, label, rep, f"{name} {rep + 1}/{cfg.repeat}",
-                           lambda a, make=make, tag=tag: measure(make(cfg, f"{tag}a{a}"), n,
-                                                                 workdir))
-            if metrics is not None:
-                progress(f"{name} {rep + 1}/{cfg.repeat} {label}: steady "
-                         f"{metrics['steady']:,.0f}/s, from start {metrics['from_start']:,.0f}/s")
-    return samples
+    """Every system of `factories` draining `n` jobs, once per repeat (see `interleaved`)."""
+    runs = [(label, lambda tag, make=make: measure(make(cfg, tag), n, workdir))
+            for label, make in factories]
+    return interleaved(cfg, name, runs, lambda m: f"steady {m['steady']:,.0f}/s, "
+                                                  f"from start {m['from_start']:,.0f}/s")
 
 
 def run(cfg: Config, workdir: str) -> Section:
