@@ -38,7 +38,7 @@ import kombu.transport.pyamqp  # noqa: F401
 import kombu.utils.amq_manager  # noqa: F401
 from amqp import exceptions as amqp_errors
 
-from roger.amqp_io import buffer_reads
+from roger.amqp_io import buffer_reads, drain_pending
 from roger.errors import BrokerError
 from roger.settings import Settings, check_partition_name, check_queue_name, redact_url
 
@@ -341,7 +341,7 @@ def _publish_all(publish: Callable[..., Any], confirms: _Confirms, items: Sequen
             # Send what we have and take in the confirms so far: the socket
             # buffers on both sides stay small.
             writes.flush()
-            _drain_nowait(connection)
+            drain_pending(connection)
 
 
 class _CoalescedWrites:
@@ -403,14 +403,6 @@ def _take_returned(items: Sequence[Outgoing], returned: list[tuple[str, bytes]])
             matched[key] -= 1
             indices.append(index)
     return Unroutable(indices, {item.routing_key for item in (items[i] for i in indices)})
-
-
-def _drain_nowait(connection: amqp.Connection) -> None:
-    """Process whatever frames already arrived, without blocking."""
-    try:
-        connection.drain_events(timeout=0)
-    except TimeoutError:
-        pass
 
 
 @contextmanager
@@ -597,7 +589,7 @@ class Broker:
             self._forget_inherited()
         if self._amqp is not None and time.monotonic() - self._last_used > _PROBE_AFTER_IDLE:
             try:
-                _drain_nowait(self._amqp)
+                drain_pending(self._amqp)
             except Exception as exc:
                 log.info("RabbitMQ connection was dropped while idle (%s)", exc)
                 self._discard_connection()
