@@ -21,13 +21,13 @@ from roger.settings import redact_url
 CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
 
 
-def connect(settings: Any) -> Connection:
-    """A connection with the settings' heartbeat and connect timeout.
+def connect(settings: Any, connect_timeout: float | None = None) -> Connection:
+    """A connection with the settings' heartbeat and connect timeout (or `connect_timeout`).
 
     Raises `ConnectionError` naming the broker, password left out.
     """
     conn = Connection(settings.broker_url, heartbeat=settings.heartbeat,
-                      connect_timeout=settings.connect_timeout)
+                      connect_timeout=connect_timeout or settings.connect_timeout)
     try:
         conn.connect()
     except Exception as e:
@@ -50,10 +50,11 @@ def warm_up(settings: Any) -> None:
     that is down costs at most `WARM_UP_TIMEOUT` here, and the processes
     that need it report it.
     """
-    conn = Connection(settings.broker_url, heartbeat=settings.heartbeat,
-                      connect_timeout=min(settings.connect_timeout, WARM_UP_TIMEOUT))
     try:
-        conn.connect()
+        conn = connect(settings, min(settings.connect_timeout, WARM_UP_TIMEOUT))
+    except ConnectionError:
+        return
+    try:
         conn.channel().close()
     except Exception:
         pass
