@@ -174,7 +174,7 @@ class RogerSystem(System):
         return self.ready_info
 
     def close_producer(self) -> None:
-        from roger import broker
+        from roger.amqp import broker
 
         broker.get_broker(self.settings).close()
 

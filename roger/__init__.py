@@ -1,15 +1,33 @@
 """roger: multi-tenant job processing on RabbitMQ.
 
-The public API, grouped by topic. Everything else lives in submodules:
-`roger.broker` (AMQP), `roger.message` (wire codec), `roger.retry`,
-`roger.registry`, `roger.settings`, `roger.control` (a node's control
-socket and its `Client`).
+This module is the public API, grouped by topic. The package is built in
+layers, lowest first; a module imports only from its own layer or lower
+ones, and never in a cycle (`tests/roger/test_layers.py` checks both):
+
+1. **base**: `roger.errors`, `roger.settings`, `roger.config` (the
+   process-wide default settings), `roger.record` (a job's data),
+   `roger.registry`, `roger.message` (the JSON wire codec),
+   `roger.callbacks`, `roger.control` (the control socket's protocol and
+   its `Client`).
+2. **amqp**: `roger.amqp`, talking to RabbitMQ: connections, queue and
+   exchange names and declarations, confirmed publishing, RPC, frame I/O
+   and the one service loop the node's AMQP processes run on.
+3. **partition**: `roger.partition`, a partition's processes: its
+   supervisor, its coordinator and the coordinator's clients, the
+   consumers, their worker pools and the workers.
+4. **node**: `roger.node`, a node's own processes: the root supervisor
+   (and `Node`, its handle), the control server, the system process.
+5. **api**: `roger.job`, `roger.producer`, `roger.info`, `roger.admin`
+   and this module.
+6. **cli**: `roger.cli` (with `python -m roger` and `python -m roger.supervisor`).
+
+The file tree is the process tree: `roger/node/` holds the processes a node
+runs once, `roger/partition/` those it runs per partition and per queue.
 """
 
 from roger import control, info
 from roger.admin import purge, retry_buried
 from roger.config import configure
-from roger.coordination import cancel, pause, resume
 from roger.errors import (
     BadMessage,
     BrokerError,
@@ -21,7 +39,8 @@ from roger.errors import (
     WorkerCrashed,
 )
 from roger.job import Job
-from roger.node import Node
+from roger.node.root import Node
+from roger.partition.coordination import cancel, pause, resume
 from roger.producer import enqueue_many
 from roger.settings import Settings
 

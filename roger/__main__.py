@@ -1,5 +1,5 @@
 import sys
 
-from roger.cli import main
+from roger.cli.main import main
 
 sys.exit(main())

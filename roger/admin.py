@@ -6,8 +6,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from roger import broker, config, message
-from roger.broker import Outgoing, QueueNotFound
+from roger import config, message
+from roger.amqp import broker
+from roger.amqp.broker import Outgoing, QueueNotFound
 from roger.errors import BadMessage
 from roger.job import UnregisteredJob
 

@@ -18,7 +18,7 @@ Who may connect: the socket file has mode 0600, its directory is created
 with mode 0700, and each connection's peer credentials (``SO_PEERCRED``)
 are checked: only the node's own user (and root) is served.
 
-The server lives in `roger.control_server`: a child process of the node's
+The server lives in `roger.node.control_server`: a child process of the node's
 root supervisor, child id ``"roger.control"`` (partition names cannot
 contain a dot, so it never clashes with one).
 """
@@ -40,7 +40,6 @@ from typing import Any
 from roger import config
 from roger.errors import ControlError
 from roger.settings import Settings, check_partition_name, check_queue_name, default_node_name
-from supervision import ChildSpec
 
 __all__ = ["COMMANDS", "Client", "ControlError", "find_socket"]
 
@@ -279,15 +278,6 @@ def find_socket(settings: Settings | None = None) -> Path:
     names = ", ".join(p.stem for p in live)
     raise ControlError(f"several nodes run here ({names}); choose one with --node-name "
                        "or --control-socket")
-
-
-def control_spec(settings: Settings) -> ChildSpec:
-    """The root supervisor's child that serves the control socket."""
-    from roger.control_server import run_control_server
-
-    return ChildSpec(CHILD_ID, run_control_server, args=(settings,), restart="permanent",
-                     shutdown=5.0, notify_ready=True, start_timeout=15.0)
-
 
 
 # -------------------------------------------------------------------- client

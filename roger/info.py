@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from roger import broker, config, message, retry
+from roger import config, message
+from roger.amqp import broker
 from roger.errors import BadMessage
-from roger.job import UnregisteredJob
+from roger.job import Job, UnregisteredJob
+from roger.partition import settlement
 
 if TYPE_CHECKING:
-    from roger.job import Job
     from roger.settings import Settings
 
 __all__ = ["buried_jobs", "partitions", "queued_jobs", "running_jobs"]
@@ -84,8 +85,8 @@ def _peek(
             continue
         headers = msg.properties.get("application_headers") or {}
         if queue_name.endswith(".buried"):
-            job.buried_reason = headers.get(retry.REASON_HEADER)
-            job.buried_error = headers.get(retry.ERROR_HEADER)
+            job.buried_reason = headers.get(settlement.REASON_HEADER)
+            job.buried_error = headers.get(settlement.ERROR_HEADER)
         jobs.append(job)
     return jobs
 
@@ -96,7 +97,7 @@ def partitions(*, settings: Settings | None = None, timeout: float = 1.0) -> dic
     ``{node: {"running": {partition: {queue: {"max_workers", "paused",
     "message_count", "consumer_count"}}}, "waiting": {partition: {queue: max_workers}}}}``
     """
-    from roger import system
+    from roger.node import system
 
     return system.gather(settings or config.get_settings(), "partitions", timeout)
 
@@ -108,7 +109,7 @@ def running_jobs(partition: str | None = None, *, settings: Settings | None = No
     The jobs are records (instances of their `roger.Job` class) with
     `started_at` set.
     """
-    from roger import system
+    from roger.node import system
 
     settings = settings or config.get_settings()
     answers = system.gather(settings, "running_jobs", timeout, partition=partition)

@@ -18,18 +18,19 @@ except the hooks, the fields above and `create`/`enqueue`/`name`.
 from __future__ import annotations
 
 import secrets
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 from roger import producer, registry
 from roger.errors import UnknownJob
 from roger.message import normalize_args
+from roger.record import Record
 
 __all__ = ["Job", "UnregisteredJob"]
 
 _MISSING: Any = object()
 
 
-class Job:
+class Job(Record):
     """Base class of jobs: subclass it and implement `perform(self, args)`.
 
     Class attributes:
@@ -44,10 +45,6 @@ class Job:
     Pass ``register=False`` in the class statement for an abstract base
     (``class Base(roger.Job, register=False)``): it is not addressable.
     """
-
-    name: ClassVar[str]
-    retryable: ClassVar[bool] = False
-    max_execution_time: float | None = None
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -166,21 +163,9 @@ def _new_record(job_class: type[Job], args: Any) -> Any:
         args = normalize_args(args)
     except TypeError as exc:
         raise TypeError(f"{job_class.__qualname__}.create(): {exc}") from None
-    job = object.__new__(job_class)
+    job = job_class.new(id=secrets.token_hex(16), args=args, retry_count=0,
+                        max_execution_time=job_class.max_execution_time, redelivered=False)
     fields = job.__dict__
-    fields.update(
-        id=secrets.token_hex(16),
-        args=args,
-        queue_key=None,
-        execution_key=None,
-        retry_count=0,
-        queued_at=None,
-        started_at=None,
-        max_execution_time=job_class.max_execution_time,
-        redelivered=False,
-        partition=None,
-        queue=None,
-    )
     # On a record the fields hide the hooks of the same name: call via the class.
     fields["queue_key"] = _key(job_class, "queue_key", job_class.queue_key(job, args))
     fields["execution_key"] = _key(

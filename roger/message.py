@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from roger import registry
 from roger.errors import BadMessage
-
-if TYPE_CHECKING:
-    from roger.job import Job
+from roger.record import WIRE_FIELDS, Record
 
 __all__ = ["CONTENT_TYPE", "VERSION", "decode", "encode", "normalize_args"]
 
@@ -45,20 +43,12 @@ def _reject_constant(name: str) -> Any:
 _decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
-def encode(job: Job) -> bytes:
+def encode(job: Record) -> bytes:
     """Serialise a job record to a message body."""
     fields = job.__dict__
-    wire = {
-        "v": VERSION,
-        "id": fields["id"],
-        "name": job.name,
-        "args": fields["args"],
-        "queue_key": fields["queue_key"],
-        "execution_key": fields["execution_key"],
-        "retry_count": fields["retry_count"],
-        "queued_at": fields["queued_at"],
-        "max_execution_time": fields["max_execution_time"],
-    }
+    wire = {"v": VERSION, "id": fields["id"], "name": job.name}
+    for name in WIRE_FIELDS[1:]:
+        wire[name] = fields[name]
     try:
         return _encode_json(wire).encode()
     except (TypeError, ValueError):
@@ -75,8 +65,8 @@ def decode(
     queue: str | None = None,
     redelivered: bool = False,
     max_bytes: int | None = None,
-    fallback: type[Job] | None = None,
-) -> Job:
+    fallback: type[Record] | None = None,
+) -> Record:
     """Turn a message body into an instance of its registered job class.
 
     `partition`, `queue` and `redelivered` are copied onto the record as the
@@ -137,23 +127,20 @@ def decode(
         if fallback is None:
             raise
         cls = fallback
-    job = object.__new__(cls)
-    fields = job.__dict__
-    fields.update(
+    job = cls.new(
         id=job_id,
         args=args,
         queue_key=queue_key,
         execution_key=execution_key,
         retry_count=retry_count,
         queued_at=queued_at,
-        started_at=None,
         max_execution_time=max_execution_time,
         redelivered=redelivered,
         partition=partition,
         queue=queue,
     )
     if cls is fallback:
-        fields["name"] = name
+        job.__dict__["name"] = name
     return job
 
 

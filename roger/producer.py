@@ -6,24 +6,26 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from roger import broker, config, coordination, message
-from roger.broker import Outgoing, Unroutable
+from roger import config, message
+from roger.amqp import broker
+from roger.amqp.broker import Outgoing, Unroutable
+from roger.partition import coordination
+from roger.record import Record
 from roger.settings import check_partition_name, check_queue_name
 
 if TYPE_CHECKING:
-    from roger.job import Job
     from roger.settings import Settings
 
 __all__ = ["enqueue_many"]
 
 
 def enqueue_many(
-    jobs: Iterable[Job],
+    jobs: Iterable[Record],
     partition: str,
     queue: str | None = None,
     *,
     settings: Settings | None = None,
-) -> list[Job]:
+) -> list[Record]:
     """Publish `jobs` to `partition` with one publisher-confirm round trip.
 
     Each job goes to `queue`, or to its own ``queue_type(args)`` when
@@ -32,14 +34,12 @@ def enqueue_many(
     some of the jobs may be queued: enqueueing the same records again is
     safe for at-least-once processing (they keep their ids).
     """
-    from roger.job import Job  # job.py imports this module
-
     settings = settings or config.get_settings()
     jobs = list(jobs)
     check_partition_name(partition)
     targets: list[str] = []
     for job in jobs:
-        if not isinstance(job, Job):
+        if not isinstance(job, Record):
             raise TypeError(f"expected roger.Job records, got {type(job).__name__}")
         target = queue if queue is not None else type(job).queue_type(job, job.args)
         targets.append(check_queue_name(target))
@@ -57,7 +57,7 @@ def enqueue_many(
     return jobs
 
 
-def _publish(settings: Settings, partition: str, jobs: list[Job], targets: list[str]) -> None:
+def _publish(settings: Settings, partition: str, jobs: list[Record], targets: list[str]) -> None:
 
     now = int(time.time() * 1000)
     items = []

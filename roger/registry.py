@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING
 
 from roger.errors import UnknownJob
-
-if TYPE_CHECKING:
-    from roger.job import Job
+from roger.record import Record
 
 __all__ = ["import_modules", "register", "resolve"]
 
-_classes: dict[str, type[Job]] = {}
+_classes: dict[str, type[Record]] = {}
 _lock = threading.Lock()
 
 
-def register(name: str, job_class: type[Job]) -> None:
+def register(name: str, job_class: type[Record]) -> None:
     """Register `job_class` under `name`.
 
     Re-registering the same module-qualified class (a module reloaded, or a
@@ -48,7 +45,7 @@ def register(name: str, job_class: type[Job]) -> None:
         _classes[name] = job_class
 
 
-def resolve(name: str) -> type[Job]:
+def resolve(name: str) -> type[Record]:
     """Return the job class registered as `name`, or raise `UnknownJob`."""
     try:
         return _classes[name]

@@ -2,7 +2,7 @@
 
 import sys
 
-from roger.cli import main
+from roger.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["run", *sys.argv[1:]]))

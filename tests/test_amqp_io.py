@@ -1,6 +1,6 @@
 """Pure logic of the consumer's AMQP helpers."""
 
-from roger.amqp_io import AckBatcher, has_frame
+from roger.amqp.frames import AckBatcher, has_frame
 
 
 class FakeTransport:  # only the read buffer matters to has_frame

@@ -15,7 +15,9 @@ import kombu
 import pytest
 
 import roger
-from roger import broker, config, message, retry
+from roger import config, message
+from roger.amqp import broker
+from roger.partition import settlement
 from roger.settings import Settings
 
 RABBIT = "127.0.0.1:5672"
@@ -178,7 +180,7 @@ def test_retry_queue_dead_letters_back_to_main_after_its_ttl(partition, rabbit, 
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
         broker.declare_queues(conn.default_channel, settings, partition, "default")
-        delay = retry.publish_retry(conn.channel(), settings, job, "boom")
+        delay = settlement.publish_retry(conn.channel(), settings, job, "boom")
 
     assert delay == 1
     assert count(rabbit, f"{partition}-default.retry.1") == 1
@@ -195,7 +197,7 @@ def test_retry_or_bury_buries_after_the_last_level(partition, rabbit, settings):
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
         broker.declare_queues(conn.default_channel, settings, partition, "default")
-        assert retry.retry_or_bury(conn.channel(), settings, job, "Boom: x" * 2000) is None
+        assert settlement.retry_or_bury(conn.channel(), settings, job, "Boom: x" * 2000) is None
 
     [buried] = roger.info.buried_jobs(partition, "default")
     assert buried.id == job.id and buried.buried_reason == "error"
@@ -210,7 +212,7 @@ def test_buried_is_bounded_by_max_buried_and_can_be_retried(partition, rabbit, s
         channel = conn.channel()
         for job in jobs:
             job.partition, job.queue, job.queued_at, job.retry_count = partition, "default", 1, 1
-            retry.publish_buried(channel, settings, job, "error", "boom")
+            settlement.publish_buried(channel, settings, job, "error", "boom")
 
     buried = roger.info.buried_jobs(partition, "default")
     assert [job.id for job in buried] == [job.id for job in jobs[2:]]  # oldest dropped
@@ -228,7 +230,7 @@ def test_rejected_keeps_the_raw_body_and_says_why(partition, rabbit, settings):
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
         broker.declare_queues(conn.default_channel, settings, partition, "default")
-        retry.publish_rejected(
+        settlement.publish_rejected(
             conn.channel(), settings, partition, "default", b"\xff not json",
             {"trace": "abc"}, "undecodable", content_type="text/plain",
         )
@@ -246,11 +248,11 @@ def test_settle_channel_survives_a_channel_error(partition, rabbit, settings):
         conn.connect()
         channel = conn.channel()
         broker.declare_queues(channel, settings, partition, "default")
-        retry.publish_rejected(channel, settings, partition, "default", b"1", None, "x")
+        settlement.publish_rejected(channel, settings, partition, "default", b"1", None, "x")
         other = Settings(**(settings.model_dump() | {"queue_type": "classic"}))
         with pytest.raises(roger.BrokerError, match="inequivalent"):
             broker.declare_queues(channel, other, partition, "default")
-        retry.publish_rejected(channel, settings, partition, "default", b"2", None, "x")
+        settlement.publish_rejected(channel, settings, partition, "default", b"2", None, "x")
 
     assert [m.body for m in drain(rabbit, f"{partition}-default.rejected")] == [b"1", b"2"]
 

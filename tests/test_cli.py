@@ -12,9 +12,9 @@ import pytest
 from roger_fixtures import BROKER
 
 import roger
-from roger import cli
-from roger.cli_format import jobs_text, partitions_text, status_text, table
-from roger.node import Node
+from roger.cli import main
+from roger.cli.format import jobs_text, partitions_text, status_text, table
+from roger.node.root import Node
 
 TESTS = Path(__file__).resolve().parent
 COMMANDS = ("run", "ctl", "enqueue", "info", "cancel", "pause", "resume", "purge", "buried")
@@ -61,7 +61,7 @@ def test_ctl_status_json_against_a_running_node(node, partition, tmp_path):
 
 def test_ctl_changes_the_node(node, partition, capsys):
     sock = str(node.settings.control_socket)
-    assert cli.main(["ctl", "reconfigure-partition", partition, '{"default": 2}',
+    assert main(["ctl", "reconfigure-partition", partition, '{"default": 2}',
                      "--control-socket", sock, "--json"]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert reply["running"][partition]["queues"]["default"]["max_workers"] == 2
@@ -93,7 +93,7 @@ def test_run_refuses_to_take_a_live_nodes_socket(node, tmp_path):
 
 def test_ctl_finds_the_only_node_without_a_name(node, capsys):
     # No --node-name and no --control-socket: the one live socket in state_dir.
-    assert cli.main(["ctl", "status", "--json",
+    assert main(["ctl", "status", "--json",
                      "--state-dir", str(node.settings.state_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["node"] == node.settings.node_name
 
@@ -109,7 +109,7 @@ def test_a_missing_feature_is_an_error_not_a_crash(argv, feature, make_settings,
     for name in ("pause", "resume", "cancel"):
         monkeypatch.delattr(roger, name, raising=False)
     monkeypatch.delattr(roger.info, "partitions", raising=False)
-    assert cli.main(argv + ["--broker-url", BROKER]) == 1
+    assert main(argv + ["--broker-url", BROKER]) == 1
     assert f"roger: {feature} is not available in this version" in capsys.readouterr().err
 
 

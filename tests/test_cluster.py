@@ -13,7 +13,7 @@ from testjobs import Keyed, Record, WaitForKill, read
 
 import roger
 from roger import info
-from roger.node import Node
+from roger.node.root import Node
 
 
 def events(out, kind):

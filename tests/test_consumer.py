@@ -19,7 +19,7 @@ from testjobs import (
 )
 
 from roger import admin, info, producer
-from roger.node import Node
+from roger.node.root import Node
 
 
 def events(out, kind):

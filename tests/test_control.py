@@ -18,9 +18,9 @@ from testjobs import Record, WaitForKill, read
 
 import roger
 from roger.control import MAX_LINE, Client, bind_socket, find_socket
-from roger.control_server import MAX_CONNECTIONS
 from roger.errors import ControlError
-from roger.node import Node
+from roger.node.control_server import MAX_CONNECTIONS
+from roger.node.root import Node
 
 
 class Raw:
@@ -146,38 +146,21 @@ def test_partition_commands(node, partition):
         forget(other)
 
 
-def test_pause_resume_cancel_call_the_cluster_functions(make_settings, partition, tmp_path,
-                                                        monkeypatch):
-    # The control process is forked from this one, so it sees these stand-ins.
-    calls = tmp_path / "calls.jsonl"
-
-    def stand_in(name):
-        def fn(*args):
-            with open(calls, "a") as f:
-                f.write(json.dumps([name, *args]) + "\n")
-            return name == "cancel" or None
-        return fn
-
-    for name in ("pause", "resume", "cancel"):
-        monkeypatch.setattr(roger, name, stand_in(name), raising=False)
+def test_pause_resume_and_cancel_act_on_the_cluster(make_settings, partition):
     with Node(make_settings(partitions={partition: {"default": 1}})) as node, ctl(node) as c:
         assert c.request("pause", partition=partition, queue="default") == {"ok": True}
+        queue = wait_for(lambda: _queue_if(c, partition, paused=True), what="paused")
+        assert not queue["consuming"]
         assert c.request("resume", partition=partition, queue="default") == {"ok": True}
-        assert c.request("cancel", partition=partition, job_id="abc") == {
-            "ok": True, "result": True}
-    assert [json.loads(line) for line in calls.read_text().splitlines()] == [
-        ["pause", partition, "default"], ["resume", partition, "default"],
-        ["cancel", partition, "abc"]]
+        queue = wait_for(lambda: _queue_if(c, partition, paused=False), what="resumed")
+        assert queue["consuming"]
+        assert c.request("cancel", partition=partition, job_id="abc") == {"ok": True}
 
 
-def test_pause_resume_cancel_without_the_cluster_layer(make_settings, partition, monkeypatch):
-    for name in ("pause", "resume", "cancel"):
-        monkeypatch.delattr(roger, name, raising=False)
-    with Node(make_settings(partitions={partition: {"default": 1}})) as node, ctl(node) as c:
-        for cmd, field in (("pause", "queue"), ("resume", "queue"), ("cancel", "job_id")):
-            with pytest.raises(ControlError, match="not available"):
-                c.request(cmd, partition=partition, **{field: "default"})
-        assert c.request("status")["ok"]
+def _queue_if(c, partition: str, paused: bool) -> dict | None:
+    queue = c.request("status")["running"][partition]["queues"]["default"]
+    return queue if queue.get("paused") is paused and queue.get("consuming") is not paused \
+        else None
 
 
 def test_shutdown_replies_then_stops_the_node(node):

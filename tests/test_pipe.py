@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from roger import pipe
-from roger.pipe import LENGTH
+from roger.partition import pipe
+from roger.partition.pipe import LENGTH
 
 
 def test_frames_cross_a_fork_both_ways():

@@ -26,7 +26,7 @@ import amqp
 from multiprocess.connection import wait
 
 import supervision
-from roger import amqp_io, broker, rpc
+from roger.amqp import broker, frames, rpc
 from supervision import ChildSpec
 
 log = logging.getLogger("roger.system")
@@ -61,7 +61,7 @@ def run_system(settings: Any) -> None:
         try:
             system.run()
             return
-        except amqp_io.CONNECTION_ERRORS as e:
+        except frames.CONNECTION_ERRORS as e:
             log.warning("system: broker connection lost or refused (%s); retrying in %.1f s",
                         e, delay)
         time.sleep(delay)  # backoff between reconnects, capped
@@ -76,7 +76,7 @@ class System:
 
     def run(self) -> None:
         s = self.settings
-        conn = amqp_io.connect(s)
+        conn = frames.connect(s)
         self.conn, self.amqp = conn, conn.connection
         self.channel = conn.channel()
         self.exchange = declare_system(self.channel, s)
@@ -94,7 +94,7 @@ class System:
             objs = [self.amqp.sock] + ([parent.conn] if parent and not parent.closed else [])
             ready = wait(objs, max(0.0, next_announce - time.monotonic()))
             if self.amqp.sock in ready:
-                amqp_io.drain_pending(self.amqp)
+                frames.drain_pending(self.amqp)
             if parent is not None and parent.conn in ready:
                 try:
                     while parent.pending():

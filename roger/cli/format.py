@@ -13,9 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-# The fields of a job record (SPEC section 5) plus where it is, in this order.
-JOB_FIELDS = ("id", "name", "args", "partition", "queue", "retry_count", "queued_at",
-              "started_at", "queue_key", "execution_key", "max_execution_time", "redelivered")
+from roger.record import FIELDS
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -55,7 +53,7 @@ def short(value: Any, width: int = 50) -> str:
 
 def job_record(job: Any) -> dict[str, Any]:
     """A job record as a JSON-ready dict."""
-    record = {f: getattr(job, f, None) for f in JOB_FIELDS}
+    record = {"name": job.name} | {f: getattr(job, f, None) for f in FIELDS}
     for extra in ("buried_reason", "buried_error"):
         if getattr(job, extra, None) is not None:
             record[extra] = getattr(job, extra)

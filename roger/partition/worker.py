@@ -28,7 +28,7 @@ from typing import Any
 
 from roger import message, registry
 from roger.callbacks import Callbacks
-from roger.retry import next_delay
+from roger.partition.settlement import next_delay
 
 log = logging.getLogger("roger.worker")
 

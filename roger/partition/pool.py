@@ -25,8 +25,8 @@ from typing import Any
 
 from multiprocess.connection import wait
 
-from roger import pipe
-from roger.worker import decode_outcome, encode_job, run_worker
+from roger.partition import pipe
+from roger.partition.worker import decode_outcome, encode_job, run_worker
 from supervision import ChildSpec, DynamicSupervisor, Event
 
 log = logging.getLogger("roger.pool")

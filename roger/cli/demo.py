@@ -53,7 +53,7 @@ class Flaky(roger.Job):
 
 def main(seconds: float | None = None, rate: float = 20.0, workers: int = 4) -> int:
     settings = roger.Settings(partitions={"demo": {"default": workers}},
-                              imports=["roger.demo"], node_name=f"demo-{os.getpid()}",
+                              imports=["roger.cli.demo"], node_name=f"demo-{os.getpid()}",
                               retry_levels=[1, 3, 5])
     roger.configure(settings)
     print(f"starting a node: partition 'demo', queue 'default', {workers} workers",

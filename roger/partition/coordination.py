@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from roger import broker, config, rpc
+from roger import config
+from roger.amqp import broker, rpc
 from roger.errors import BrokerError, DuplicateJob
-from roger.global_state import declare_global, global_queue_name
+from roger.partition.coordinator import declare_global, global_queue_name
+from roger.record import Record
 from roger.settings import check_partition_name, check_queue_name
 
 if TYPE_CHECKING:
-    from roger.job import Job
     from roger.settings import Settings
 
 __all__ = ["cancel", "pause", "resume"]
@@ -39,7 +40,7 @@ def _checked(settings: Settings, partition: str, body: dict) -> dict:
     return reply
 
 
-def claim_queue_keys(settings: Settings, partition: str, jobs: list[Job]) -> None:
+def claim_queue_keys(settings: Settings, partition: str, jobs: list[Record]) -> None:
     """Reserve each job's `queue_key` cluster-wide, all or none; `DuplicateJob` on a clash."""
     pairs = [(job.queue_key, job.id) for job in jobs if job.queue_key is not None]
     if not pairs:
@@ -53,7 +54,7 @@ def claim_queue_keys(settings: Settings, partition: str, jobs: list[Job]) -> Non
         raise BrokerError(f"coordinator of {partition!r} refused the claim: {reply}")
 
 
-def release_queue_keys(settings: Settings, partition: str, jobs: list[Job]) -> None:
+def release_queue_keys(settings: Settings, partition: str, jobs: list[Record]) -> None:
     """Give keys back (after a claim whose publish failed)."""
     for job in jobs:
         if job.queue_key is not None:

@@ -20,8 +20,8 @@ from typing import Any
 
 import amqp
 
-from roger import broker, rpc
-from roger.global_state import (
+from roger.amqp import broker, rpc
+from roger.partition.coordinator import (
     WAITING_HEADER,
     declare_global,
     declare_waiting,

@@ -1,7 +1,7 @@
 """The control server: the process behind a node's control socket.
 
 It is a child process of the node's root supervisor, child id
-``"roger.control"`` (see `roger.control.control_spec`). Its main thread runs
+``"roger.control"`` (see `control_spec`). Its main thread runs
 a `selectors` loop over the listening socket and every connection, all
 non-blocking with a buffer per connection: a client that connects and says
 nothing, or sends half a line, costs a buffer and blocks nobody. Requests
@@ -31,6 +31,7 @@ from typing import Any
 import supervision
 from roger import config
 from roger.control import (
+    CHILD_ID,
     CLUSTER_COMMANDS,
     MAX_LINE,
     NODE_COMMANDS,
@@ -43,10 +44,11 @@ from roger.control import (
     peer_uid,
 )
 from roger.errors import ControlError, RogerError
+from roger.partition.coordination import cancel, pause, resume
 from roger.settings import Settings
-from supervision import CallTimeout, SupervisionError, SupervisorGone
+from supervision import CallTimeout, ChildSpec, SupervisionError, SupervisorGone
 
-__all__ = ["ControlServer", "NodeBackend", "run_control_server"]
+__all__ = ["ControlServer", "NodeBackend", "control_spec", "run_control_server"]
 
 log = logging.getLogger("roger.control")
 
@@ -329,6 +331,10 @@ def _describe_error(e: Exception) -> str:
 # ---------------------------------------------------------- the node's side
 
 
+_CLUSTER_FUNCTIONS: dict[str, Callable[[str, str], None]] = {
+    "pause": pause, "resume": resume, "cancel": cancel}
+
+
 class NodeBackend:
     """Carries out requests in the control process: node commands go to the root.
 
@@ -369,24 +375,16 @@ class NodeBackend:
         return status
 
     def _cluster(self, cmd: str, fields: dict) -> dict:
-        fn = _cluster_function(cmd)
+        fn = _CLUSTER_FUNCTIONS[cmd]
         second = fields["job_id"] if cmd == "cancel" else fields["queue"]
         result = fn(fields["partition"], second)
         return {} if result is None else {"result": result}
 
 
-def _cluster_function(name: str) -> Callable[..., Any]:
-    """`roger.<name>` (pause, resume, cancel), looked up when needed.
-
-    They belong to roger's cluster layer; a build without it answers
-    "not available" instead of failing to import.
-    """
-    import roger
-
-    fn = getattr(roger, name, None)
-    if not callable(fn):
-        raise RequestError(f"{name} is not available in this version of roger")
-    return fn
+def control_spec(settings: Settings) -> ChildSpec:
+    """The root supervisor's child that serves the control socket."""
+    return ChildSpec(CHILD_ID, run_control_server, args=(settings,), restart="permanent",
+                     shutdown=5.0, notify_ready=True, start_timeout=15.0)
 
 
 def run_control_server(settings: Settings) -> None:

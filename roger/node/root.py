@@ -18,10 +18,12 @@ from typing import Any
 
 from multiprocess.connection import wait
 
-from roger import amqp_io, control, registry
-from roger.partition import run_partition
+from roger import control, registry
+from roger.amqp import frames
+from roger.node.control_server import control_spec
+from roger.node.system import system_spec
+from roger.partition.supervisor import run_partition
 from roger.settings import Settings, check_partition_name, check_queue_name
-from roger.system import system_spec
 from supervision import ChildSpec, Event, StartFailed, Supervisor, SupervisorAPI
 
 log = logging.getLogger("roger.node")
@@ -50,7 +52,7 @@ class Root:
         # any partition starts, and a partition waiting for the broker never
         # keeps the operator out.
         self.sup = Supervisor(
-            (control.control_spec(settings), system_spec(settings)),
+            (control_spec(settings), system_spec(settings)),
             name=f"roger node {settings.node_name}", intensity=10, period=10.0,
             on_event=self._on_event, handler=self._handle, on_start=self._start_all,
         )
@@ -236,7 +238,7 @@ class Node:
         # Import job modules once in the root: typos fail the node at start,
         # and every forked process shares the imported code.
         registry.import_modules(self.settings.imports)
-        amqp_io.warm_up(self.settings)
+        frames.warm_up(self.settings)
         # A live node on our control socket (or a path too long for one)
         # fails here, in the caller, with a clear ControlError.
         control.claim_socket_path(self.settings.control_socket)

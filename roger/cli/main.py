@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from roger.cli_format import jobs_text, partitions_text, running_text, status_text, to_json
+from roger.cli.format import jobs_text, partitions_text, running_text, status_text, to_json
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(process)6d %(name)s: %(message)s"
 
@@ -278,7 +278,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from roger import demo
+    from roger.cli import demo
 
     return demo.main(args.seconds, args.rate, args.workers)
 

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import amqp
 
-from roger import broker, message
-from roger.broker import Outgoing, Unroutable
+from roger import message
+from roger.amqp import broker
+from roger.amqp.broker import Outgoing, Unroutable
+from roger.record import Record
 
 if TYPE_CHECKING:
-    from roger.job import Job
     from roger.settings import Settings
 
 __all__ = [
@@ -65,7 +66,7 @@ def truncate(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
     return text[: max(limit - len(_TRUNCATED), 0)] + _TRUNCATED
 
 
-def publish_retry(channel: amqp.Channel, settings: Settings, job: Job, error_text: str) -> int:
+def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_text: str) -> int:
     """Republish `job` with ``retry_count + 1`` to its next retry queue.
 
     Returns the delay in seconds. Raises `ValueError` when no retry level is
@@ -91,7 +92,7 @@ def publish_retry(channel: amqp.Channel, settings: Settings, job: Job, error_tex
 
 
 def publish_buried(
-    channel: amqp.Channel, settings: Settings, job: Job, reason: str, error_text: str
+    channel: amqp.Channel, settings: Settings, job: Record, reason: str, error_text: str
 ) -> None:
     """Publish `job` to ``<partition>-<queue>.buried``, unchanged.
 
@@ -151,7 +152,7 @@ def publish_rejected(
 
 
 def retry_or_bury(
-    channel: amqp.Channel, settings: Settings, job: Job, error_text: str, reason: str = "error"
+    channel: amqp.Channel, settings: Settings, job: Record, error_text: str, reason: str = "error"
 ) -> int | None:
     """Retry `job` if a retry level is left, else bury it.
 
@@ -164,7 +165,7 @@ def retry_or_bury(
     return publish_retry(channel, settings, job, error_text)
 
 
-def _where(job: Job) -> tuple[str, str]:
+def _where(job: Record) -> tuple[str, str]:
     partition, queue = job.partition, job.queue
     if partition is None or queue is None:
         raise ValueError(f"job {job.id} has no partition/queue: set them when decoding it")

@@ -30,13 +30,15 @@ from typing import Any
 from amqp.exceptions import ConsumerCancelled
 
 import supervision
-from roger import amqp_io, broker, message, registry, retry
-from roger.amqp_io import READ_SIZE, AckBatcher, buffer_reads, has_frame
+from roger import message, registry
+from roger.amqp import broker, frames
+from roger.amqp.frames import READ_SIZE, AckBatcher, buffer_reads, has_frame
 from roger.callbacks import Callbacks
 from roger.errors import BadMessage, JobTimeout, WorkerCrashed
-from roger.global_client import GlobalClient
-from roger.pool import WorkerPool
-from roger.worker import decide
+from roger.partition import settlement
+from roger.partition.coordinator_link import GlobalClient
+from roger.partition.pool import WorkerPool
+from roger.partition.worker import decide
 from supervision.events import signal_name
 from supervision.signals import Wakeup
 
@@ -95,7 +97,7 @@ class Consumer:
             supervision.ready()
             log.info("[%s] consuming %s with %d workers", self.tag, self.qname, self.workers)
             self._loop()
-        except amqp_io.CONNECTION_ERRORS as e:
+        except frames.CONNECTION_ERRORS as e:
             # Jobs in flight are not acked, so RabbitMQ requeues them; our
             # supervisor starts a fresh consumer that reconnects.
             log.error("[%s] lost the broker connection: %s", self.tag, e)
@@ -107,7 +109,7 @@ class Consumer:
     def _connect(self) -> None:
         s = self.settings
         try:
-            self.conn = amqp_io.connect(s)
+            self.conn = frames.connect(s)
         except ConnectionError as e:
             log.error("[%s] %s", self.tag, e)
             raise SystemExit(3) from None
@@ -407,9 +409,9 @@ class Consumer:
     def _settle(self, tag: int, job: Any, disposition: str, error: str | None,
                 reason: str = "error") -> None:
         if disposition == "retry":
-            retry.publish_retry(self.settle_channel, self.settings, job, error or "")
+            settlement.publish_retry(self.settle_channel, self.settings, job, error or "")
         elif disposition == "bury":
-            retry.publish_buried(self.settle_channel, self.settings, job, reason, error or "")
+            settlement.publish_buried(self.settle_channel, self.settings, job, reason, error or "")
         # Keys are released before the ack: a crash in between runs the job
         # again (at least once) rather than leaving a key taken forever.
         if job.queue_key is not None and disposition != "retry":
@@ -431,7 +433,7 @@ class Consumer:
     def _reject(self, tag: int, body: bytes, props: dict, error: BadMessage) -> None:
         log.error("[%s] message %s rejected (%s): %s", self.tag, props.get("message_id", "?"),
                   error.reason, error)
-        retry.publish_rejected(self.settle_channel, self.settings, self.partition, self.queue,
+        settlement.publish_rejected(self.settle_channel, self.settings, self.partition, self.queue,
                                body, props.get("application_headers") or {}, error.reason,
                                detail=error.detail or None,
                                content_type=props.get("content_type"),

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from roger.consumer import run_consumer
-from roger.global_state import run_coordinator
+from roger.partition.consumer import run_consumer
+from roger.partition.coordinator import run_coordinator
 from supervision import ChildSpec, Supervisor, SupervisorGone
 
 log = logging.getLogger("roger.partition")

@@ -32,8 +32,8 @@ import amqp
 from multiprocess.connection import wait
 
 import supervision
-from roger import amqp_io, broker
-from roger.persister import load_persister
+from roger.amqp import broker, frames
+from roger.partition.persister import load_persister
 
 log = logging.getLogger("roger.global")
 
@@ -154,7 +154,7 @@ class Coordinator:
     def run(self) -> None:
         try:
             self._run()
-        except amqp_io.CONNECTION_ERRORS as e:
+        except frames.CONNECTION_ERRORS as e:
             # Unanswered requests stay in the queue for the next coordinator.
             log.error("[%s] coordinator lost the broker connection: %s", self.partition, e)
             raise SystemExit(4) from None
@@ -162,7 +162,7 @@ class Coordinator:
     def _run(self) -> None:
         s = self.settings
         try:
-            self.conn = amqp_io.connect(s)
+            self.conn = frames.connect(s)
         except ConnectionError as e:
             log.error("[%s] coordinator: %s", self.partition, e)
             raise SystemExit(3) from None
@@ -182,7 +182,7 @@ class Coordinator:
             objs = [self.amqp.sock] + ([parent.conn] if parent and not parent.closed else [])
             ready = wait(objs, s.heartbeat / 4 if s.heartbeat else 5.0)
             if self.amqp.sock in ready:
-                amqp_io.drain_pending(self.amqp)
+                frames.drain_pending(self.amqp)
             if parent is not None and parent.conn in ready and not self._serve(parent):
                 return
             if time.monotonic() - last_beat >= (s.heartbeat or 20) / 4:

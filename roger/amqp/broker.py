@@ -38,7 +38,7 @@ import kombu.transport.pyamqp  # noqa: F401
 import kombu.utils.amq_manager  # noqa: F401
 from amqp import exceptions as amqp_errors
 
-from roger.amqp_io import buffer_reads, drain_pending
+from roger.amqp.frames import buffer_reads, drain_pending
 from roger.errors import BrokerError
 from roger.settings import Settings, check_partition_name, check_queue_name, redact_url
 

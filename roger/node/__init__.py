@@ -1,0 +1,1 @@
+"""A node's own processes: the root supervisor, the control server, the system process."""
