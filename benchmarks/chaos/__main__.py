@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.chaos.runner import main
+
+sys.exit(main())
