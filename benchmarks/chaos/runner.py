@@ -6,7 +6,7 @@ queues served by 2 nodes (``python -m roger.supervisor`` subprocesses with
 their own node name and control socket, one shared state_dir), while a
 fault injector strikes at random moments for `duration` seconds. Each job
 appends its completion (number, job id, node, pid, attempt, redelivered)
-to a per-process file (see `benchmarks.chaos_jobs`), a sink no fault can
+to a per-process file (see `benchmarks.chaos.jobs`), a sink no fault can
 take back.
 
 When the faults stop and every confirmed job is accounted for (or a
@@ -55,7 +55,7 @@ import amqp
 import kombu
 
 import roger
-from benchmarks.chaos_jobs import LedgerJob
+from benchmarks.chaos.jobs import LedgerJob
 from benchmarks.common import BROKER_URL, ROOT
 from benchmarks.procs import _stat, tree
 from roger.control import Client
@@ -768,7 +768,7 @@ class ChaosRun:
         env = {
             "ROGER_BROKER_URL": cfg.broker_url,
             "ROGER_PARTITIONS": json.dumps(self.partitions),
-            "ROGER_IMPORTS": json.dumps(["benchmarks.chaos_jobs"]),
+            "ROGER_IMPORTS": json.dumps(["benchmarks.chaos.jobs"]),
             "ROGER_STATE_DIR": str(self.workdir / "state"),
             "ROGER_HEARTBEAT": str(cfg.heartbeat),
             "ROGER_SHUTDOWN_TIMEOUT": str(cfg.shutdown_timeout),
