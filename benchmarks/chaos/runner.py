@@ -55,6 +55,7 @@ import amqp
 import kombu
 
 import roger
+from benchmarks.chaos.broker import WATERMARK_NORMAL, rabbitmqctl, restore_broker
 from benchmarks.chaos.config import (
     BROKER_RESTART,
     CLOSE_CONNECTIONS,
@@ -97,8 +98,6 @@ WHY_DUPLICATES = {
                           "first publish was queued after all, so two copies of the id ran",
 }
 
-RABBITMQCTL_TIMEOUT = 120.0
-WATERMARK_NORMAL = "0.4"
 # Node log lines that show a broker disruption (to spot other programs' faults).
 DISRUPTION_MARKS = ("lost the broker connection", "cannot connect to",
                     "broker connection lost or refused")
@@ -107,27 +106,6 @@ DUP_SLACK_BEFORE, DUP_SLACK_AFTER = 2.0, 3.0
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def rabbitmqctl(*args: str, timeout: float = RABBITMQCTL_TIMEOUT) -> str:
-    """Run rabbitmqctl; raises RuntimeError with its stderr when it fails."""
-    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def restore_broker() -> list[str]:
-    """Undo every broker fault, whatever state it is in; returns what failed."""
-    problems = []
-    for args in (("start_app",), ("set_vm_memory_high_watermark", WATERMARK_NORMAL),
-                 ("await_startup",)):
-        try:
-            rabbitmqctl(*args)
-        except Exception as e:  # keep restoring the rest
-            problems.append(str(e))
-    return problems
 
 
 def _start_time(pid: int) -> int | None:
