@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import ROOT
-from benchmarks.procs import _stat, tree
+from benchmarks.procs import _kill, _stat, tree
 from roger.control import Client
 
 
@@ -25,12 +25,6 @@ def _start_time(pid: int) -> int | None:
 def _survivors(procs: dict[int, int]) -> list[int]:
     """The pids of `procs` (pid -> start time) still alive (same start time: not reused)."""
     return [pid for pid, start in procs.items() if _start_time(pid) == start]
-
-
-def _kill_all(procs: dict[int, int], sig: int = signal.SIGKILL) -> None:
-    for pid in _survivors(procs):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def wait_gone(procs: dict[int, int], timeout: float) -> list[int]:
@@ -104,7 +98,7 @@ class ChaosNode:
         self.popen.kill()
         self.popen.wait(10)
         orphans = wait_gone(procs, 5.0)
-        _kill_all(procs)  # an orphan must not keep consuming behind the ledger's back
+        _kill(procs, signal.SIGKILL)  # an orphan must not keep consuming behind the ledger's back
         return procs, orphans
 
     def stop(self, grace: float) -> None:
@@ -116,7 +110,7 @@ class ChaosNode:
                 self.popen.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(grace)
-        _kill_all(procs | self.known)
+        _kill(procs | self.known, signal.SIGKILL)
         if self.popen is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.popen.kill()

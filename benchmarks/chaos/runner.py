@@ -70,8 +70,8 @@ from benchmarks.chaos.config import (
     ChaosConfig,
 )
 from benchmarks.chaos.jobs import LedgerJob
-from benchmarks.chaos.nodes import ChaosNode, _kill_all, wait_gone, wait_until
-from benchmarks.procs import tree
+from benchmarks.chaos.nodes import ChaosNode, wait_gone, wait_until
+from benchmarks.procs import _kill, tree
 from roger.control import Client
 
 # Why each fault kind can make a finished job run again (the output's legend).
@@ -338,7 +338,7 @@ class Injector:
         self._strike()
         os.kill(pid, signal.SIGKILL)
         orphans = wait_gone(procs, 5.0)
-        _kill_all(procs)
+        _kill(procs, signal.SIGKILL)
         note = f"{len(t.info['running'])} running"
         return f"{t} consumer {pid}", note + (f"; ORPHANS left: {orphans}" if orphans else "")
 
@@ -366,7 +366,7 @@ class Injector:
         os.kill(pid, signal.SIGKILL)
         orphans = wait_gone(procs, 5.0)
         note = f"ORPHANS left: {orphans}" if orphans else f"{len(procs)} processes gone"
-        _kill_all(procs)
+        _kill(procs, signal.SIGKILL)
         return f"{t.node.name} {t.partition} supervisor {pid}", note
 
     def _restart_partition(self) -> tuple[str, str]:
