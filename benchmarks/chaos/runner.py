@@ -1,52 +1,17 @@
-"""The ledger run: proof that roger loses no job under faults (issue 7).
-
-``python -m benchmarks.chaos --jobs 10000 --duration 300`` publishes N
-uniquely numbered jobs, with publisher confirms, into 2 partitions x 2
-queues served by 2 nodes (``python -m roger.supervisor`` subprocesses with
-their own node name and control socket, one shared state_dir), while a
-fault injector strikes at random moments for `duration` seconds. Each job
-appends its completion (number, job id, node, pid, attempt, redelivered)
-to a per-process file (see `benchmarks.chaos.jobs`), a sink no fault can
-take back.
-
-When the faults stop and every confirmed job is accounted for (or a
-bounded drain deadline passes), every confirmed job id is classified:
-
-- **done once**;
-- **duplicated**: done more than once. At-least-once delivery makes this
-  unavoidable when a job finished but its ack never reached RabbitMQ (the
-  consumer, its partition, its node, its connection or the broker died in
-  between), or when a worker died after the job's work but before its
-  outcome, or when a producer re-published a batch whose confirm never came.
-  Every extra run is matched to the fault whose time window explains it;
-  an extra run no fault explains is a bug, and is reported as such;
-- **dead-lettered**: in ``<p>-<q>.buried`` or ``.rejected``, with its reason;
-- **still queued** at the deadline (a node failed to recover);
-- **lost**: none of the above. Must be 0.
-
-The short form (`ChaosConfig.short`, run by ``tests/test_chaos.py``) injects
-each fault kind exactly once, in a fixed order, each on a healthy system.
-
-The broker is always restored (``start_app``, memory watermark 0.4, SIGCONT
-for anything stopped) and every process started here is ended, whatever
-happens.
-"""
+"""The ledger run's orchestration (`ChaosRun`): nodes, producer, faults, drain, verdict."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import random
-import signal
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import amqp
 import kombu
@@ -420,46 +385,3 @@ def _sleep_until(when: float) -> None:
 def run(cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> Report:
     """Run one ledger run and return its report (the broker is restored either way)."""
     return ChaosRun(cfg, log).run()
-
-
-@contextlib.contextmanager
-def _terminate_as_exit() -> Iterator[None]:
-    # SIGTERM to the driver must still run the `finally`s (restore the broker).
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    old = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--jobs", type=int, default=10_000)
-    p.add_argument("--duration", type=float, default=300.0, help="seconds of faults")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--short", action="store_true",
-                   help="the test's form: one of each fault, fixed order (--jobs still applies)")
-    p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--markdown", type=Path, default=None, help="also write the report here")
-    args = p.parse_args(argv)
-    if args.short:
-        cfg = ChaosConfig.short(args.workdir, jobs=args.jobs)
-    else:
-        seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-        cfg = ChaosConfig(jobs=args.jobs, duration=args.duration, seed=seed,
-                          workdir=args.workdir)
-    with _terminate_as_exit():
-        report = run(cfg)
-    text = report.render()
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    return 0 if report.lost == 0 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
