@@ -1,4 +1,4 @@
-"""The ledger run's job (the chaos nodes import this module: ``imports=["benchmarks.chaos_jobs"]``).
+"""The ledger run's job (the chaos nodes import this module: ``imports=["benchmarks.chaos.jobs"]``).
 
 Every completion is one line appended to a file of its own process in the
 run's sink directory. The sink must survive every fault the run injects:
