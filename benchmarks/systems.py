@@ -102,6 +102,10 @@ class RogerSystem(System):
         }
         self.settings = roger.Settings(**self.fields)
         roger.configure(self.settings)  # Job.enqueue uses the process-wide settings
+        # No close_producer: roger's public API has no way to close the driver's
+        # publishing connection (its internals, roger.broker, are about to move),
+        # so it lives as long as the driver, as in a user's process; roger
+        # reconnects by itself when RabbitMQ dropped it while idle.
         self._next = 0
 
     @property
@@ -172,11 +176,6 @@ class RogerSystem(System):
                     ) from None
         self.ready_info = json.loads(line)
         return self.ready_info
-
-    def close_producer(self) -> None:
-        from roger import broker
-
-        broker.get_broker(self.settings).close()
 
     def cleanup(self) -> None:
         try:
