@@ -8,6 +8,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.baseline import Baseline
 
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +38,8 @@ class Config:
     # One id per invocation: every queue and node name of the run carries it,
     # so leftovers of a crashed run never collide with (or get counted by) a new one.
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    # `--baseline REV`: roger at REV, run beside today's (see benchmarks.baseline).
+    baseline: Baseline | None = None
 
     @classmethod
     def make(cls, quick: bool, repeat: int | None = None) -> Config:

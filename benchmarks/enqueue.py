@@ -144,5 +144,8 @@ def run(cfg: Config, workdir: str) -> Section:
         "all its messages (not timed).",
         "Celery and Dramatiq publish to classic queues; roger and raw kombu are measured on "
         "both types, and each roger figure is compared with raw kombu on its own queue type.",
+        *([f"No `@{cfg.baseline.rev}` rows: this benchmark times the driver's own publishing, "
+           "which always runs today's roger (`--baseline` swaps the nodes' code only)."]
+          if cfg.baseline else []),
     ]
     return Section("enqueue", "Enqueue", samples, [Metric("rate", "msg/s")], ratios, notes)

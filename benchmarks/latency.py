@@ -10,11 +10,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 
 from benchmarks import rabbit
 from benchmarks.common import Config, Summary, percentile
-from benchmarks.report import Metric, Ratio, Section, interleaved
-from benchmarks.systems import CelerySystem, DramatiqSystem, RogerSystem, System, log_path
+from benchmarks.report import Metric, Ratio, Section, baseline_note, baseline_ratios, interleaved
+from benchmarks.systems import (
+    CelerySystem,
+    DramatiqSystem,
+    RogerSystem,
+    System,
+    log_path,
+    roger_rows,
+)
 from benchmarks.tally import Tally
 
 INTERVAL = 0.005
@@ -22,12 +30,14 @@ WARM_UP = 10  # jobs run before the measured ones: workers forked, connections o
 IDLE = 0.5  # seconds of quiet between warm-up and measurement
 TARGET_P50_MS, TARGET_P99_MS = 1.5, 4.0
 
-FACTORIES = [
-    ("roger (quorum)", lambda cfg, tag: RogerSystem(cfg, tag, "quorum")),
-    ("roger (classic)", lambda cfg, tag: RogerSystem(cfg, tag, "classic")),
-    ("celery", CelerySystem),
-    ("dramatiq", DramatiqSystem),
-]
+ROGER = ("roger (quorum)", "roger (classic)")
+PEERS = [("celery", CelerySystem), ("dramatiq", DramatiqSystem)]
+
+
+def factories(cfg: Config) -> list[tuple[str, Callable[[Config, str], System]]]:
+    """roger on both queue types (each followed by its ``@REV`` twin with --baseline), peers."""
+    return [*roger_rows(cfg, ROGER[0], queue_type="quorum"),
+            *roger_rows(cfg, ROGER[1], queue_type="classic"), *PEERS]
 
 
 def _paced(system: System, out: str, first: int, count: int, interval: float) -> None:
@@ -67,11 +77,12 @@ def measure(system: System, n: int, workdir: str) -> dict[str, float]:
 def run(cfg: Config, workdir: str) -> Section:
     n = cfg.latency_jobs
     runs = [(label, lambda tag, make=make: measure(make(cfg, tag), n, workdir))
-            for label, make in FACTORIES]
+            for label, make in factories(cfg)]
     samples = interleaved(cfg, "latency", runs,
                           lambda m: f"p50 {m['p50']:.2f} ms, p99 {m['p99']:.2f} ms")
     extra = ["| target | figure | median | met |", "|---|---|---|---|"]
-    for label in ("roger (quorum)", "roger (classic)"):
+    labels = [*ROGER, *(cfg.baseline.label(x) for x in ROGER)] if cfg.baseline else [*ROGER]
+    for label in labels:
         for key, target in (("p50", TARGET_P50_MS), ("p99", TARGET_P99_MS)):
             summary = Summary.of(samples.get(label, key))
             if summary is not None:
@@ -87,10 +98,12 @@ def run(cfg: Config, workdir: str) -> Section:
         "Latency = perform start - the moment just before the enqueue call, in ms "
         "(one clock: everything runs on this machine). Lower is better, so a ratio "
         "roger / peer below 1 means roger starts jobs sooner.",
+        *baseline_note(cfg),
     ]
     metrics = [Metric("p50", "p50 ms", "{:.2f}"), Metric("p99", "p99 ms", "{:.2f}"),
                Metric("mean", "mean ms", "{:.2f}"), Metric("max", "max ms", "{:.1f}")]
     # Lower is better here: a ratio below 1 means roger is faster.
-    ratios = [Ratio(roger, peer, key) for roger in ("roger (quorum)", "roger (classic)")
+    ratios = [Ratio(roger, peer, key) for roger in ROGER
               for peer in ("dramatiq", "celery") for key in ("p50", "p99")]
+    ratios += baseline_ratios(cfg, list(ROGER), ["p50", "p99"])
     return Section("latency", "Latency", samples, metrics, ratios, notes, extra)

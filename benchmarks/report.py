@@ -29,6 +29,24 @@ class Ratio:
     target: float | None = None
 
 
+def baseline_ratios(cfg: Config, labels: list[str], metrics: list[str]) -> list[Ratio]:
+    """With ``--baseline``: each of `labels` against its ``@REV`` twin, for each metric."""
+    if cfg.baseline is None:
+        return []
+    return [Ratio(label, cfg.baseline.label(label), m) for label in labels for m in metrics]
+
+
+def baseline_note(cfg: Config) -> list[str]:
+    """With ``--baseline``: what the ``@REV`` rows are (a section's note)."""
+    if cfg.baseline is None:
+        return []
+    b = cfg.baseline
+    return [f"`... @{b.rev}`: the same roger system, its node running roger as of `{b.rev}` "
+            f"({b.commit[:12]}, a temporary git worktree); the driver enqueues into it with "
+            "today's roger (same wire format). Interleaved with today's in every repeat; a "
+            f"ratio `X / X @{b.rev}` near 1 means no change beyond noise."]
+
+
 @dataclass
 class Section:
     """One benchmark's results."""

@@ -2,14 +2,17 @@
 
 Also runs as ``python benchmarks/run.py``. Prints each benchmark's table as
 it finishes and writes them all, with the date, versions and machine, to a
-markdown file (``benchmarks/RESULTS.md`` for a full run of everything,
-``benchmarks/results-latest.md`` otherwise, so that a quick or partial run
-never overwrites the committed full results).
+markdown file (``benchmarks/RESULTS.md`` for a full run of everything
+without ``--baseline``, ``benchmarks/results-latest.md`` otherwise, so that
+a quick, partial or baseline run never overwrites the committed full
+results).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import os
 import shutil
@@ -21,8 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import rabbit, sysinfo  # noqa: E402
-from benchmarks.common import HERE, Config  # noqa: E402
+from benchmarks import baseline, rabbit, sysinfo  # noqa: E402
+from benchmarks.common import HERE, BenchError, Config  # noqa: E402
 from benchmarks.report import Section, progress  # noqa: E402
 
 BENCHMARKS = ("throughput", "enqueue", "latency", "scale")
@@ -49,7 +52,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="markdown file to write (default: see above)")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the workers' logs and record files (printed path)")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="also run roger as of git revision REV (a temporary worktree), "
+                             "beside today's roger in the same run: each roger system gets a "
+                             "twin `... @REV` and a ratio to it (throughput, latency, scale)")
     args = parser.parse_args(argv)
+    if args.baseline is not None and "profile" in args.benchmarks:
+        parser.error("--baseline does not apply to profile")
     unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, "profile")]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
@@ -62,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return profile(args)
     chosen = list(dict.fromkeys(args.benchmarks)) or list(BENCHMARKS)
     cfg = Config.make(args.quick, args.repeat)
-    complete = not args.quick and chosen == list(BENCHMARKS)
+    complete = not args.quick and chosen == list(BENCHMARKS) and args.baseline is None
     output = args.output or HERE / ("RESULTS.md" if complete else "results-latest.md")
     header = sysinfo.describe(cfg.broker_url)
     progress("\n".join(header))
@@ -70,11 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[Section] = []
     started = time.monotonic()
     try:
-        for name in chosen:
-            module = importlib.import_module(f"benchmarks.{name}")
-            section = module.run(cfg, workdir)
-            sections.append(section)
-            print(section.markdown(), flush=True)
+        with contextlib.ExitStack() as stack:
+            if args.baseline is not None:
+                try:
+                    base = stack.enter_context(baseline.checkout(args.baseline))
+                except BenchError as e:
+                    progress(f"--baseline {args.baseline}: {e}")
+                    return 2
+                cfg = dataclasses.replace(cfg, baseline=base)
+                line = baseline.describe(base)
+                header.append(line)
+                progress(line)
+                if "enqueue" in chosen:
+                    progress("note: enqueue gets no baseline rows (it measures the driver's "
+                             "publishing, which is today's roger)")
+            for name in chosen:
+                module = importlib.import_module(f"benchmarks.{name}")
+                section = module.run(cfg, workdir)
+                sections.append(section)
+                print(section.markdown(), flush=True)
     finally:
         with rabbit.suppress_errors():
             left = rabbit.sweep(cfg.broker_url, cfg.name())

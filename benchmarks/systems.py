@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from benchmarks import rabbit
 from benchmarks.common import BenchError, Config
 from benchmarks.procs import ReadTimeout, Spawned, python, venv_script
+
+if TYPE_CHECKING:
+    from benchmarks.baseline import Baseline
 
 Kind = Literal["noop", "latency"]
 BATCH = 1000  # roger.enqueue_many batch size when filling a queue
@@ -35,7 +39,7 @@ class System:
         self.url = cfg.broker_url
         self.marker = cfg.name(tag)  # every name this run declares contains it
         self.proc: Spawned | None = None
-        self.ready_info: dict[str, float] = {}
+        self.ready_info: dict[str, Any] = {}
         self.stop_grace = 10.0  # seconds for a graceful stop before everything is killed
 
     def queue_names(self) -> list[str]:
@@ -79,15 +83,19 @@ class System:
 class RogerSystem(System):
     """A roger node: `partitions` partitions with `queues` each (default: one of 4 workers).
 
-    Jobs go to each partition's first queue.
+    Jobs go to each partition's first queue. With `baseline` (``--baseline
+    REV``) the node runs roger as of that revision (`benchmarks.baseline`);
+    the driver still enqueues with today's roger (same wire format).
     """
 
     def __init__(self, cfg: Config, tag: str, queue_type: str = "quorum",
-                 partitions: int = 1, queues: dict[str, int] | None = None) -> None:
+                 partitions: int = 1, queues: dict[str, int] | None = None,
+                 baseline: Baseline | None = None) -> None:
         super().__init__(cfg, tag)
         import roger
 
-        self.label = f"roger ({queue_type})"
+        self.baseline = baseline
+        self.label = f"roger ({queue_type})" + (baseline.suffix if baseline else "")
         self.queues = queues or {"default": 4}
         self.partitions = [f"{self.marker}-p{i}" for i in range(partitions)]
         # A short state dir: the control socket lives there (Unix paths are short).
@@ -102,6 +110,10 @@ class RogerSystem(System):
         }
         self.settings = roger.Settings(**self.fields)
         roger.configure(self.settings)  # Job.enqueue uses the process-wide settings
+        # No close_producer: roger's public API has no way to close the driver's
+        # publishing connection (its internals, roger.broker, are about to move),
+        # so it lives as long as the driver, as in a user's process; roger
+        # reconnects by itself when RabbitMQ dropped it while idle.
         self._next = 0
 
     @property
@@ -137,11 +149,19 @@ class RogerSystem(System):
         path = os.path.join(self.state_dir, "settings.json")
         with open(path, "w") as f:
             json.dump(self.fields, f)
-        self.proc = Spawned(python("-m", "benchmarks.peers.roger_node", path), stdin=True, log=log)
+        if self.baseline is None:
+            argv, env = python("-m", "benchmarks.peers.roger_node", path), None
+        else:
+            argv = self.baseline.python("-m", "benchmarks.peers.roger_node", path)
+            env = self.baseline.env()
+        self.proc = Spawned(argv, env=env, stdin=True, log=log)
         return self.proc
 
-    def wait_ready(self, timeout: float = 300.0) -> dict[str, float]:
+    def wait_ready(self, timeout: float = 300.0) -> dict[str, Any]:
         """Block until `Node.start()` returned in the runner; its timings and root pid.
+
+        A baseline node must have imported roger (and its sibling packages)
+        from the baseline checkout, or this raises.
 
         Gives up early, with roger's own reason, as soon as the node reports a
         partition as *waiting* (it could not start and will be retried):
@@ -171,18 +191,29 @@ class RogerSystem(System):
                         f"reason logged: {reasons[0].split(' ', 2)[-1][:300]}{broker}"
                     ) from None
         self.ready_info = json.loads(line)
+        if self.baseline is not None:
+            self.baseline.check(self.ready_info.get("packages", {}), f"the {self.label} node")
         return self.ready_info
-
-    def close_producer(self) -> None:
-        from roger.amqp import broker
-
-        broker.get_broker(self.settings).close()
 
     def cleanup(self) -> None:
         try:
             super().cleanup()
         finally:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+Factory = Callable[[Config, str], System]
+
+
+def roger_rows(cfg: Config, label: str, **options: Any) -> list[tuple[str, Factory]]:
+    """(label, factory) of a `RogerSystem(**options)`; with ``--baseline``, then its twin
+    (``label @REV``) that runs the baseline's roger."""
+    rows: list[tuple[str, Factory]] = [
+        (label, lambda c, tag: RogerSystem(c, tag, **options))]
+    if cfg.baseline is not None:
+        rows.append((cfg.baseline.label(label),
+                     lambda c, tag: RogerSystem(c, tag, baseline=c.baseline, **options)))
+    return rows
 
 
 # ----------------------------------------------------------------- celery
@@ -294,5 +325,6 @@ class KombuSystem(System):
 
 def log_path(workdir: str, system: System, what: str) -> str:
     """Where a run's subprocess output goes (kept for post-mortems of failed runs)."""
-    name = system.label.replace(" ", "_").replace("(", "").replace(")", "")
+    # Labels hold spaces, parentheses and, with --baseline, a revision (maybe with '/').
+    name = re.sub(r"[^A-Za-z0-9@~^._-]+", "_", system.label.replace("(", "").replace(")", ""))
     return os.path.join(workdir, f"{what}-{name}.log")

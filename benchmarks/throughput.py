@@ -9,7 +9,15 @@ from collections.abc import Callable
 
 from benchmarks import procs, rabbit
 from benchmarks.common import Config, Samples, rates
-from benchmarks.report import Metric, Ratio, Section, interleaved, progress
+from benchmarks.report import (
+    Metric,
+    Ratio,
+    Section,
+    baseline_note,
+    baseline_ratios,
+    interleaved,
+    progress,
+)
 from benchmarks.systems import (
     CelerySystem,
     DramatiqSystem,
@@ -17,6 +25,7 @@ from benchmarks.systems import (
     RogerSystem,
     System,
     log_path,
+    roger_rows,
 )
 from benchmarks.tally import Tally
 
@@ -25,9 +34,7 @@ KQ, KC = "raw kombu (quorum)", "raw kombu (classic)"
 # The ceiling at roger's own prefetch (its 4 workers): what the window alone allows.
 KQ4, KC4 = "raw kombu, prefetch 4 (quorum)", "raw kombu, prefetch 4 (classic)"
 
-FACTORIES: list[tuple[str, Callable[[Config, str], System]]] = [
-    (RQ, lambda cfg, tag: RogerSystem(cfg, tag, "quorum")),
-    (RC, lambda cfg, tag: RogerSystem(cfg, tag, "classic")),
+PEERS: list[tuple[str, Callable[[Config, str], System]]] = [
     ("celery", CelerySystem),
     ("dramatiq", DramatiqSystem),
     (KC, lambda cfg, tag: KombuSystem(cfg, tag, "classic")),
@@ -35,6 +42,12 @@ FACTORIES: list[tuple[str, Callable[[Config, str], System]]] = [
     (KC4, lambda cfg, tag: KombuSystem(cfg, tag, "classic", prefetch=4)),
     (KQ4, lambda cfg, tag: KombuSystem(cfg, tag, "quorum", prefetch=4)),
 ]
+
+
+def factories(cfg: Config) -> list[tuple[str, Callable[[Config, str], System]]]:
+    """roger on both queue types (each followed by its ``@REV`` twin with --baseline), peers."""
+    return [*roger_rows(cfg, RQ, queue_type="quorum"),
+            *roger_rows(cfg, RC, queue_type="classic"), *PEERS]
 
 METRICS = [
     Metric("steady", "steady jobs/s"),
@@ -93,7 +106,7 @@ def run_systems(cfg: Config, workdir: str, name: str, n: int,
 
 def run(cfg: Config, workdir: str) -> Section:
     n = cfg.throughput_jobs
-    samples = run_systems(cfg, workdir, "throughput", n, FACTORIES)
+    samples = run_systems(cfg, workdir, "throughput", n, factories(cfg))
     ratios = []
     for roger, ceiling, window in ((RQ, KQ, KQ4), (RC, KC, KC4)):
         ratios += [Ratio(roger, "dramatiq", "steady", 1.5), Ratio(roger, "celery", "steady"),
@@ -101,6 +114,7 @@ def run(cfg: Config, workdir: str) -> Section:
                    Ratio(roger, "dramatiq", "from_start"), Ratio(roger, "celery", "from_start"),
                    Ratio(roger, ceiling, "from_start")]
     ratios += [Ratio(KQ4, KQ, "steady"), Ratio(KC4, KC, "steady")]
+    ratios += baseline_ratios(cfg, [RQ, RC], ["steady", "from_start", "cpu_sut"])
     notes = [
         f"{n:,} no-op jobs with a small dict argument, enqueued first, then processed by "
         "freshly started workers: roger 1 partition x 1 queue x 4 workers; Celery prefork "
@@ -122,5 +136,6 @@ def run(cfg: Config, workdir: str) -> Section:
         "*Node.start() s*: roger only, how long `roger.Node(settings).start()` took to "
         "return (partition consuming). *enqueue msg/s*: the filling phase, for context "
         "(roger: `enqueue_many` in batches of 1,000, confirmed; peers: unconfirmed).",
+        *baseline_note(cfg),
     ]
     return Section("throughput", "Throughput", samples, METRICS, ratios, notes)
