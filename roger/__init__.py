@@ -39,7 +39,7 @@ from roger.errors import (
     WorkerCrashed,
 )
 from roger.job import Job
-from roger.node.root import Node
+from roger.node.node import Node
 from roger.partition.coordination import cancel, pause, resume
 from roger.producer import enqueue_many
 from roger.settings import Settings

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from roger import config, message
-from roger.amqp import broker
-from roger.amqp.broker import Outgoing, QueueNotFound
+from roger.amqp import broker, publish, topology
+from roger.amqp.connection import QueueNotFound
+from roger.amqp.publish import Outgoing
 from roger.errors import BadMessage
 from roger.job import UnregisteredJob
-
-if TYPE_CHECKING:
-    from roger.settings import Settings
+from roger.settings import Settings
 
 __all__ = ["purge", "retry_buried"]
 
@@ -33,8 +31,8 @@ def retry_buried(partition: str, queue: str, *, settings: Settings | None = None
     """
     settings = settings or config.get_settings()
     producer = broker.get_broker(settings)
-    main = broker.queue_name(partition, queue)
-    buried = broker.buried_queue_name(partition, queue)
+    main = topology.queue_name(partition, queue)
+    buried = topology.buried_queue_name(partition, queue)
     with producer.channel() as channel:
         # Bounded by the count at the start, so jobs buried again meanwhile
         # (or skipped as invalid) cannot keep the loop below going.
@@ -68,7 +66,7 @@ def retry_buried(partition: str, queue: str, *, settings: Settings | None = None
                 job.queued_at = now
                 items.append(Outgoing(main, message.encode(job), message_id=job.id))
                 tags.append(msg.delivery_info["delivery_tag"])
-            broker.publish_confirmed(channel, items, settings.confirm_timeout)
+            publish.publish_confirmed(channel, items, settings.confirm_timeout)
             for tag in tags:
                 channel.basic_ack(tag)
             moved += len(items)
@@ -83,8 +81,8 @@ def purge(partition: str, queue: str, *, settings: Settings | None = None) -> in
     """
     settings = settings or config.get_settings()
     producer = broker.get_broker(settings)
-    names = [broker.queue_name(partition, queue)] + [
-        broker.retry_queue_name(partition, queue, seconds) for seconds in settings.retry_levels
+    names = [topology.queue_name(partition, queue)] + [
+        topology.retry_queue_name(partition, queue, seconds) for seconds in settings.retry_levels
     ]
     total = 0
     for index, name in enumerate(names):

@@ -39,7 +39,13 @@ from typing import Any
 
 from roger import config
 from roger.errors import ControlError
-from roger.settings import Settings, check_partition_name, check_queue_name, default_node_name
+from roger.settings import (
+    Settings,
+    check_partition_name,
+    check_queue_name,
+    check_queues,
+    default_node_name,
+)
 
 __all__ = ["COMMANDS", "Client", "ControlError", "find_socket"]
 
@@ -88,18 +94,6 @@ def client_timeout(shutdown_timeout: float) -> float:
 # ------------------------------------------------------------------ requests
 
 
-def _check_queues(value: Any) -> dict[str, int]:
-    if not isinstance(value, dict) or not value:
-        raise RequestError("queues must be a non-empty object of queue name to workers, "
-                           'e.g. {"default": 4}')
-    for name, workers in value.items():
-        check_queue_name(name)
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise RequestError(f"queues: workers of {name!r} must be an integer >= 0, "
-                               f"got {workers!r}")
-    return value
-
-
 def _check_job_id(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 200:
         raise RequestError(f"job_id must be a non-empty string, got {value!r}")
@@ -109,7 +103,7 @@ def _check_job_id(value: Any) -> str:
 _FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "partition": check_partition_name,
     "queue": check_queue_name,
-    "queues": _check_queues,
+    "queues": check_queues,
     "job_id": _check_job_id,
 }
 

@@ -16,16 +16,15 @@ flag (quorum queues also count the delivery in ``x-delivery-count``).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from roger import config, message
-from roger.amqp import broker
+from roger.amqp import broker, topology
 from roger.errors import BadMessage
 from roger.job import Job, UnregisteredJob
+from roger.node import system
 from roger.partition import settlement
-
-if TYPE_CHECKING:
-    from roger.settings import Settings
+from roger.settings import Settings
 
 __all__ = ["buried_jobs", "partitions", "queued_jobs", "running_jobs"]
 
@@ -40,7 +39,7 @@ def queued_jobs(
     Jobs of classes not registered in this process come back as
     `roger.job.UnregisteredJob` records; undecodable messages are skipped.
     """
-    return _peek(settings, partition, queue, broker.queue_name(partition, queue), limit)
+    return _peek(settings, partition, queue, topology.queue_name(partition, queue), limit)
 
 
 def buried_jobs(
@@ -51,7 +50,7 @@ def buried_jobs(
     Each record also has `buried_reason` and `buried_error` (the reason and
     error text it was buried with, or None).
     """
-    name = broker.buried_queue_name(partition, queue)
+    name = topology.buried_queue_name(partition, queue)
     return _peek(settings, partition, queue, name, limit)
 
 
@@ -97,8 +96,6 @@ def partitions(*, settings: Settings | None = None, timeout: float = 1.0) -> dic
     ``{node: {"running": {partition: {queue: {"max_workers", "paused",
     "message_count", "consumer_count"}}}, "waiting": {partition: {queue: max_workers}}}}``
     """
-    from roger.node import system
-
     return system.gather(settings or config.get_settings(), "partitions", timeout)
 
 
@@ -109,8 +106,6 @@ def running_jobs(partition: str | None = None, *, settings: Settings | None = No
     The jobs are records (instances of their `roger.Job` class) with
     `started_at` set.
     """
-    from roger.node import system
-
     settings = settings or config.get_settings()
     answers = system.gather(settings, "running_jobs", timeout, partition=partition)
     out: dict[str, dict[str, list[Job]]] = {}

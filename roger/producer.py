@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from roger import config, message
-from roger.amqp import broker
-from roger.amqp.broker import Outgoing, Unroutable
+from roger.amqp import broker, topology
+from roger.amqp.publish import Outgoing, Unroutable
 from roger.partition import coordination
 from roger.record import Record
-from roger.settings import check_partition_name, check_queue_name
-
-if TYPE_CHECKING:
-    from roger.settings import Settings
+from roger.settings import Settings, check_partition_name, check_queue_name
 
 __all__ = ["enqueue_many"]
 
@@ -69,7 +65,7 @@ def _publish(settings: Settings, partition: str, jobs: list[Record], targets: li
                 f"{job!r} encodes to {len(body)} bytes, more than "
                 f"max_message_bytes={settings.max_message_bytes}"
             )
-        items.append(Outgoing(broker.queue_name(partition, target), body, message_id=job.id))
+        items.append(Outgoing(topology.queue_name(partition, target), body, message_id=job.id))
 
     producer = broker.get_broker(settings)
     for target in dict.fromkeys(targets):

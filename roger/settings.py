@@ -77,6 +77,23 @@ def check_queue_name(name: str) -> str:
     return name
 
 
+def check_queues(queues: Any) -> dict[str, int]:
+    """Return `queues` (queue name -> workers, each an int >= 0) if valid, else `ValueError`.
+
+    An empty dict is valid: a partition with no queue consuming on this node
+    (it keeps its coordinator and its place in `status`).
+    """
+    if not isinstance(queues, dict):
+        raise ValueError(f"queues must be an object of queue name to workers, e.g. "
+                         f'{{"default": 4}}, got {queues!r}')
+    for name, workers in queues.items():
+        check_queue_name(name)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"queue {name!r}: workers must be an integer >= 0, "
+                             f"got {workers!r}")
+    return dict(queues)
+
+
 def default_node_name() -> str:
     """``<hostname>-<pid>``: unique per running node on a host."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "localhost"
@@ -247,8 +264,7 @@ class Settings(BaseSettings):
     def _check_partitions(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
         for partition, queues in value.items():
             check_partition_name(partition)
-            for queue in queues:
-                check_queue_name(queue)
+            check_queues(queues)
         return value
 
     @field_validator("imports")

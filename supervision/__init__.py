@@ -36,7 +36,13 @@ A tree in a dozen lines::
         print(handle.which_children())
 """
 
-from .client import ChildSupervisor, SupervisorAPI, SupervisorHandle
+from .client import (
+    ChildSupervisor,
+    ParentSupervisor,
+    SupervisorAPI,
+    SupervisorHandle,
+    parent_supervisor,
+)
 from .dynamic import DynamicSupervisor
 from .errors import (
     CallFailed,
@@ -56,6 +62,8 @@ from .spec import ChildSpec
 from .supervisor import Supervisor
 
 __all__ = [
+    "ParentSupervisor",
+    "parent_supervisor",
     # building trees
     "ChildSpec", "Supervisor", "DynamicSupervisor",
     # controlling them

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import link as link_mod
 from . import process
 from .errors import SupervisorGone
 from .events import ChildInfo, describe_exit
@@ -58,6 +59,10 @@ class SupervisorAPI:
         """OTP's counts: ``specs``, ``active``, ``supervisors``, ``workers``."""
         return self._request(("count_children",), timeout)
 
+    def request_shutdown(self, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Ask the supervisor to begin its orderly shutdown; returns once it has begun."""
+        return self._request(("stop",), timeout)
+
     def call(self, payload: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Send the supervisor's `handler` a request and return its reply."""
         return self._request(payload, timeout)
@@ -91,6 +96,28 @@ class ChildSupervisor(SupervisorAPI):
         return f"<ChildSupervisor {self.child_id!r} of {self.parent!r}>"
 
 
+class ParentSupervisor(SupervisorAPI):
+    """A child's own supervisor, reached over the child's link (`parent_supervisor()`).
+
+    Calls block the calling thread until answered; a `Link` serves one
+    caller at a time.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def _request(self, payload: tuple, timeout: float | None) -> Any:
+        return self.link.call(payload, timeout)
+
+    def __repr__(self) -> str:
+        return "<ParentSupervisor>"
+
+
+def parent_supervisor() -> ParentSupervisor:
+    """This process's supervisor, as a `SupervisorAPI` (inside a supervised child)."""
+    return ParentSupervisor(link_mod.parent())
+
+
 class SupervisorHandle(SupervisorAPI):
     """A supervisor running in its own process, as returned by `Supervisor.start()`."""
 
@@ -103,6 +130,11 @@ class SupervisorHandle(SupervisorAPI):
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    @property
+    def sentinel(self) -> int:
+        """An fd that becomes readable when the supervisor's process exits."""
+        return self._proc.sentinel
 
     @property
     def exitcode(self) -> int | None:

@@ -220,6 +220,15 @@ class Supervisor(SupervisorAPI):
             objs.append(self._parent_sentinel)
         return objs
 
+    def sentinel(self, child_id: Any) -> int | None:
+        """Embedded mode: the fd that becomes readable when child `child_id` exits.
+
+        None when the child is not running. For waiting on a child that is
+        expected to exit by itself (an idle worker whose pipe was closed).
+        """
+        child = self._children.get(child_id)
+        return child.proc.sentinel if child is not None and child.proc is not None else None
+
     def next_timeout(self) -> float | None:
         """Seconds until the next `call_later` timer is due (None: no timer)."""
         if not self._timers:

@@ -10,7 +10,7 @@ from roger_fixtures import BROKER, queue_depth, wait_for
 from testjobs import CrashAlways, EatMemory, Raise, Record, read
 
 import roger
-from roger.node.root import Node
+from roger import Node
 
 
 def events(out, kind):

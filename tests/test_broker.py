@@ -16,8 +16,8 @@ import pytest
 
 import roger
 from roger import config, message
-from roger.amqp import broker
-from roger.partition import settlement
+from roger.amqp import broker, publish, topology
+from roger.partition import policy, settlement
 from roger.settings import Settings
 
 RABBIT = "127.0.0.1:5672"
@@ -26,6 +26,13 @@ RABBIT = "127.0.0.1:5672"
 class Ping(roger.Job):
     def perform(self, args):
         return args
+
+
+class RetryablePing(roger.Job):
+    retryable = True
+
+    def perform(self, args):
+        return None
 
 
 class Sorted(roger.Job):
@@ -60,7 +67,7 @@ def partition(settings, rabbit):
     config._settings = previous
     channel = rabbit.channel()
     for queue in ("default", "other"):
-        for queue_name in broker.queue_arguments(settings, name, queue):
+        for queue_name in topology.queue_arguments(settings, name, queue):
             channel.queue_delete(queue_name)
     channel.close()
 
@@ -179,7 +186,7 @@ def test_retry_queue_dead_letters_back_to_main_after_its_ttl(partition, rabbit, 
     job.partition, job.queue, job.queued_at = partition, "default", 1
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
-        broker.declare_queues(conn.default_channel, settings, partition, "default")
+        topology.declare_queues(conn.default_channel, settings, partition, "default")
         delay = settlement.publish_retry(conn.channel(), settings, job, "boom")
 
     assert delay == 1
@@ -191,13 +198,17 @@ def test_retry_queue_dead_letters_back_to_main_after_its_ttl(partition, rabbit, 
     assert job.retry_count == 0  # the consumer's record is left alone
 
 
-def test_retry_or_bury_buries_after_the_last_level(partition, rabbit, settings):
-    job = Ping.create({})
+def test_a_job_past_its_last_level_is_buried_with_its_error_cut_short(partition, rabbit,
+                                                                       settings):
+    job = RetryablePing.create({})
     job.partition, job.queue, job.queued_at, job.retry_count = partition, "default", 1, 1
+    decision = policy.decide(job, "error", settings.retry_levels)
+    assert (decision.disposition, decision.callbacks) == ("bury", ("on_error", "on_buried"))
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
-        broker.declare_queues(conn.default_channel, settings, partition, "default")
-        assert settlement.retry_or_bury(conn.channel(), settings, job, "Boom: x" * 2000) is None
+        topology.declare_queues(conn.default_channel, settings, partition, "default")
+        settlement.publish_buried(conn.channel(), settings, job, decision.reason,
+                                  "Boom: x" * 2000)
 
     [buried] = roger.info.buried_jobs(partition, "default")
     assert buried.id == job.id and buried.buried_reason == "error"
@@ -208,7 +219,7 @@ def test_buried_is_bounded_by_max_buried_and_can_be_retried(partition, rabbit, s
     jobs = [Ping.create({"n": n}) for n in range(5)]
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
-        broker.declare_queues(conn.default_channel, settings, partition, "default")
+        topology.declare_queues(conn.default_channel, settings, partition, "default")
         channel = conn.channel()
         for job in jobs:
             job.partition, job.queue, job.queued_at, job.retry_count = partition, "default", 1, 1
@@ -229,7 +240,7 @@ def test_buried_is_bounded_by_max_buried_and_can_be_retried(partition, rabbit, s
 def test_rejected_keeps_the_raw_body_and_says_why(partition, rabbit, settings):
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
-        broker.declare_queues(conn.default_channel, settings, partition, "default")
+        topology.declare_queues(conn.default_channel, settings, partition, "default")
         settlement.publish_rejected(
             conn.channel(), settings, partition, "default", b"\xff not json",
             {"trace": "abc"}, "undecodable", content_type="text/plain",
@@ -247,11 +258,11 @@ def test_settle_channel_survives_a_channel_error(partition, rabbit, settings):
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
         channel = conn.channel()
-        broker.declare_queues(channel, settings, partition, "default")
+        topology.declare_queues(channel, settings, partition, "default")
         settlement.publish_rejected(channel, settings, partition, "default", b"1", None, "x")
         other = Settings(**(settings.model_dump() | {"queue_type": "classic"}))
         with pytest.raises(roger.BrokerError, match="inequivalent"):
-            broker.declare_queues(channel, other, partition, "default")
+            topology.declare_queues(channel, other, partition, "default")
         settlement.publish_rejected(channel, settings, partition, "default", b"2", None, "x")
 
     assert [m.body for m in drain(rabbit, f"{partition}-default.rejected")] == [b"1", b"2"]
@@ -262,19 +273,19 @@ def test_publishing_from_a_callback_while_waiting_for_confirms(partition, rabbit
     with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
         conn.connect()
         channel = conn.channel()
-        broker.declare_queues(channel, settings, partition, "default")
-        target = broker.rejected_queue_name(partition, "default")
+        topology.declare_queues(channel, settings, partition, "default")
+        target = topology.rejected_queue_name(partition, "default")
         nested = []
 
         def on_ack(tag, multiple):
             if not nested:
                 nested.append(tag)
-                broker.publish_confirmed(channel, [broker.Outgoing(target, b"inner")], 5)
+                publish.publish_confirmed(channel, [publish.Outgoing(target, b"inner")], 5)
 
         channel.confirm_select()
         channel.events["basic_ack"].add(on_ack)
-        broker.publish_confirmed(channel, [broker.Outgoing(target, b"outer")], 5)
-        broker.publish_confirmed(channel, [broker.Outgoing(target, b"after")], 5)
+        publish.publish_confirmed(channel, [publish.Outgoing(target, b"outer")], 5)
+        publish.publish_confirmed(channel, [publish.Outgoing(target, b"after")], 5)
 
     assert [m.body for m in drain(rabbit, target)] == [b"outer", b"inner", b"after"]
 
@@ -283,7 +294,7 @@ def test_purge_empties_the_queue_and_its_retries(partition, rabbit, settings):
     roger.enqueue_many([Ping.create({}) for _ in range(4)], partition)
     channel = rabbit.channel()
     # Retry queues exist once a job has been retried (declared on demand).
-    broker.declare_queues(channel, settings, partition, "default")
+    topology.declare_queues(channel, settings, partition, "default")
     channel.basic_publish(amqp.Message(b"{}"), routing_key=f"{partition}-default.retry.1")
     channel.close()
 

@@ -12,7 +12,7 @@ from roger_fixtures import wait_for
 from testjobs import Record, RetryableWaitForKill, read
 
 import roger
-from roger.node.root import Node
+from roger import Node
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:

@@ -12,9 +12,9 @@ import pytest
 from roger_fixtures import BROKER
 
 import roger
+from roger import Node
 from roger.cli import main
 from roger.cli.format import jobs_text, partitions_text, status_text, table
-from roger.node.root import Node
 
 TESTS = Path(__file__).resolve().parent
 COMMANDS = ("run", "ctl", "enqueue", "info", "cancel", "pause", "resume", "purge", "buried")

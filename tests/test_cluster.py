@@ -12,8 +12,7 @@ from roger_fixtures import queue_depth, wait_for
 from testjobs import Keyed, Record, WaitForKill, read
 
 import roger
-from roger import info
-from roger.node.root import Node
+from roger import Node, info
 
 
 def events(out, kind):

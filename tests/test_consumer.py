@@ -18,8 +18,7 @@ from testjobs import (
     read,
 )
 
-from roger import admin, info, producer
-from roger.node.root import Node
+from roger import Node, admin, info, producer
 
 
 def events(out, kind):

@@ -17,10 +17,10 @@ from roger_fixtures import delete_queues, queue_depth, queue_names, wait_for
 from testjobs import Record, WaitForKill, read
 
 import roger
+from roger import Node
 from roger.control import MAX_LINE, Client, bind_socket, find_socket
 from roger.errors import ControlError
 from roger.node.control_server import MAX_CONNECTIONS
-from roger.node.root import Node
 
 
 class Raw:
@@ -133,6 +133,12 @@ def test_partition_commands(node, partition):
             assert status["running"][other]["pid"] != before
             assert status["running"][other]["queues"]["default"]["max_workers"] == 2
 
+            # No queue at all: the partition stays, with its coordinator.
+            status = c.request("reconfigure_partition", partition=other, queues={})
+            assert status["running"][other]["queues"] == {}
+            assert set(status["running"][other]["coordinator"]) == {
+                "active", "queue_keys", "paused"}
+
             status = c.request("stop_partition", partition=other)
             assert other not in status["running"] and partition in status["running"]
 
@@ -197,7 +203,7 @@ def test_shutdown_replies_then_stops_the_node(node):
      "integer >= 0"),
     (b'{"cmd": "start_partition", "partition": "p", "queues": {"default": true}}',
      "integer >= 0"),
-    (b'{"cmd": "reconfigure_partition", "partition": "p", "queues": {}}', "non-empty"),
+    (b'{"cmd": "reconfigure_partition", "partition": "p", "queues": []}', "object of queue"),
 ])
 def test_malformed_request_gets_an_error_and_the_connection_lives_on(node, line, error):
     raw = Raw(node.settings.control_socket)

@@ -13,8 +13,8 @@ import pytest
 from roger_fixtures import BROKER, delete_queues, queue_names, wait_for
 from testjobs import Record, read
 
+from roger import Node
 from roger.control import Client
-from roger.node.root import Node
 from roger.settings import DEFAULT_RETRY_LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import pytest
 from roger_fixtures import BROKER, queue_depth, wait_for
 from testjobs import Record, read
 
-from roger.node.root import Node
+from roger import Node
 
 TESTS = Path(__file__).resolve().parent
 

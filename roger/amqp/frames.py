@@ -1,4 +1,4 @@
-"""Talking AMQP fast from the consumer's loop: buffered frame reads, coalesced acks.
+"""Reading AMQP frames fast from an epoll loop, and acking deliveries in few frames.
 
 py-amqp is written for a thread that blocks in `drain_events`; the consumer
 instead waits in epoll beside its worker pipes. These helpers let it read
@@ -10,56 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Any
-
-from amqp.exceptions import ConnectionError as AMQPConnectionError
-from amqp.exceptions import RecoverableConnectionError
-from kombu import Connection
-
-from roger.settings import redact_url
-
-# What a lost or refused broker connection raises, from the socket up.
-CONNECTION_ERRORS = (OSError, AMQPConnectionError, RecoverableConnectionError)
-
-
-def connect(settings: Any, connect_timeout: float | None = None) -> Connection:
-    """A connection with the settings' heartbeat and connect timeout (or `connect_timeout`).
-
-    Raises `ConnectionError` naming the broker, password left out.
-    """
-    conn = Connection(settings.broker_url, heartbeat=settings.heartbeat,
-                      connect_timeout=connect_timeout or settings.connect_timeout)
-    try:
-        conn.connect()
-    except Exception as e:
-        raise ConnectionError(f"cannot connect to {redact_url(settings.broker_url)}: {e}") from None
-    return conn
-
-
-WARM_UP_TIMEOUT = 1.0  # seconds: a node must not start late for a broker that is down
-
-
-def warm_up(settings: Any) -> None:
-    """Open one connection and channel, then close them, before forking.
-
-    The first run of a code path writes to the objects it touches (Python
-    3.11 rewrites bytecode in place as it specialises it, and kombu and
-    py-amqp fill caches), and in a forked child every such write copies a
-    page. Run once in the root, those writes land in pages that every
-    consumer and coordinator then shares: an idle partition of two queues
-    measured 17.7 MiB USS with this, 19.3 without. Best effort: a broker
-    that is down costs at most `WARM_UP_TIMEOUT` here, and the processes
-    that need it report it.
-    """
-    try:
-        conn = connect(settings, min(settings.connect_timeout, WARM_UP_TIMEOUT))
-    except ConnectionError:
-        return
-    try:
-        conn.channel().close()
-    except Exception:
-        pass
-    finally:
-        conn.release()
 
 
 def drain_pending(connection: Any) -> None:

@@ -19,14 +19,12 @@ import logging
 import os
 import queue
 import selectors
-import signal
 import socket
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import supervision
 from roger import config
@@ -44,9 +42,11 @@ from roger.control import (
     peer_uid,
 )
 from roger.errors import ControlError, RogerError
+from roger.node import root
 from roger.partition.coordination import cancel, pause, resume
 from roger.settings import Settings
-from supervision import CallTimeout, ChildSpec, SupervisionError, SupervisorGone
+from supervision import CallTimeout, ChildSpec, SupervisionError, SupervisorAPI, SupervisorGone
+from supervision.signals import Wakeup
 
 __all__ = ["ControlServer", "NodeBackend", "control_spec", "run_control_server"]
 
@@ -342,34 +342,43 @@ class NodeBackend:
     root supervisor (a `Link` serves one caller at a time).
     """
 
-    def __init__(self, settings: Settings, link: supervision.Link | None = None) -> None:
+    def __init__(self, settings: Settings, node: SupervisorAPI | None = None) -> None:
         self.settings = settings
-        self.link = link or supervision.parent()
+        self.root = node or supervision.parent_supervisor()
 
     def __call__(self, cmd: str, fields: dict) -> dict:
         if cmd == "status":
             return self.status()
         if cmd in NODE_COMMANDS:
-            args = [fields["partition"]] + ([fields["queues"]] if "queues" in fields else [])
-            return self._node(cmd, *args)
+            return self._node(cmd, fields)
         if cmd in CLUSTER_COMMANDS:
             return self._cluster(cmd, fields)
         if cmd == "shutdown":
-            self._node("stop")
+            self.root.request_shutdown(self._timeout())
             return {}
         raise RequestError(f"unknown command {cmd!r}")
 
-    def _node(self, *payload: Any) -> Any:
-        return self.link.call(payload, node_call_timeout(self.settings.shutdown_timeout))
+    def _timeout(self) -> float:
+        return node_call_timeout(self.settings.shutdown_timeout)
+
+    def _node(self, cmd: str, fields: dict) -> dict:
+        name, node, timeout = fields["partition"], self.root, self._timeout()
+        if cmd == "start_partition":
+            return root.start_partition(node, name, fields["queues"], timeout)
+        if cmd == "reconfigure_partition":
+            return root.reconfigure_partition(node, name, fields["queues"], timeout)
+        if cmd == "stop_partition":
+            return root.stop_partition(node, name, timeout)
+        return root.restart_partition(node, name, timeout)
 
     def status(self) -> dict:
         """The root's status, plus the node's own processes (control, system)."""
-        status = dict(self._node("status"))
+        status = dict(root.node_status(self.root, self._timeout()))
         # The node's own processes are the root's children named "roger.<x>";
         # partition names cannot contain a dot.
         status["processes"] = {
             str(c.id): {"pid": c.pid, "state": c.state, "restarts": c.restarts}
-            for c in self._node("which_children") if "." in str(c.id)
+            for c in self.root.which_children(self._timeout()) if "." in str(c.id)
         }
         status["control_socket"] = str(self.settings.control_socket)
         return status
@@ -398,15 +407,10 @@ def run_control_server(settings: Settings) -> None:
         log.error("%s", e)
         raise SystemExit(EXIT_NO_SOCKET) from None
     inode = os.stat(path).st_ino
-    stop_r, stop_w = socket.socketpair()
-    stop_r.setblocking(False)
-    stop_w.setblocking(False)
     # SIGTERM (from the root, at shutdown) ends the loop so the socket file
-    # is removed; the wakeup fd turns the signal into a readable byte.
-    signal.set_wakeup_fd(stop_w.fileno(), warn_on_full_buffer=False)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _noop)
-    server = ControlServer(listener, NodeBackend(settings), stop_fd=stop_r)
+    # is removed: the wakeup turns the signal into a readable byte.
+    wakeup = Wakeup()
+    server = ControlServer(listener, NodeBackend(settings), stop_fd=wakeup.reader)
     log.info("control socket listening at %s", path)
     supervision.ready()
     try:
@@ -423,6 +427,3 @@ def _unlink_if_ours(path: Path, inode: int) -> None:
     except OSError:
         pass
 
-
-def _noop(signum: int, frame: Any) -> None:
-    """Signals only wake the loop, through the wakeup fd."""

@@ -1,42 +1,113 @@
-"""`roger.Node`: the root of a node's process tree, embeddable or standalone.
+"""The root supervisor's roger side: which partitions should run, which wait, and requests.
 
-The root supervisor's children are the partition supervisors. They are
+The root supervisor's children are the node's own processes (the control
+server and the system process; see `roger.node.node`) and the partition
+supervisors. They are
 `temporary` children and the root restarts them itself: a partition that
 crashes, or cannot start at all (broker down, restart intensity exceeded),
 is listed as *waiting* and retried with a capped backoff, and never counts
 against the root's own restart intensity. So one partition's trouble never
 takes the node, or another partition, down.
+
+The node's requests (`StartPartition`, `ReconfigurePartition`,
+`StopPartition`, `RestartPartition`, `NodeStatus`) are defined here beside
+the handler that answers them, each with a function that sends it; the
+control server, the system process and `roger.Node` call those.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from multiprocess.connection import wait
+from roger.partition import supervisor as partition_supervisor
+from roger.partition.supervisor import run_partition, start_timeout
+from roger.settings import Settings, check_partition_name, check_queues
+from supervision import ChildSpec, Event, StartFailed, Supervisor
 
-from roger import control, registry
-from roger.amqp import frames
-from roger.node.control_server import control_spec
-from roger.node.system import system_spec
-from roger.partition.supervisor import run_partition
-from roger.settings import Settings, check_partition_name, check_queue_name
-from supervision import ChildSpec, Event, StartFailed, Supervisor, SupervisorAPI
+__all__ = ["NodeStatus", "ReconfigurePartition", "RestartPartition", "Root", "StartPartition",
+           "StopPartition"]
 
 log = logging.getLogger("roger.node")
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 STABLE_AFTER = 60.0  # a partition up this long starts its backoff afresh
 CALL_TIMEOUT = 120.0
+STATUS_TIMEOUT = 10.0
+
+
+# ----------------------------------------------------------------- the requests
+
+
+class Caller(Protocol):
+    """Whatever reaches the root: a `SupervisorAPI`, or a child's `supervision.Link`."""
+
+    def call(self, payload: Any, timeout: float | None = ...) -> Any: ...
+
+
+@dataclass(frozen=True)
+class StartPartition:
+    name: str
+    queues: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ReconfigurePartition:
+    name: str
+    queues: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StopPartition:
+    name: str
+
+
+@dataclass(frozen=True)
+class RestartPartition:
+    name: str
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    pass
+
+
+def start_partition(root: Caller, name: str, queues: dict[str, int],
+                    timeout: float = CALL_TIMEOUT) -> dict:
+    """Start serving a partition; answers the node's status once its consumers subscribed."""
+    return root.call(StartPartition(name, dict(queues)), timeout)
+
+
+def reconfigure_partition(root: Caller, name: str, queues: dict[str, int],
+                          timeout: float = CALL_TIMEOUT) -> dict:
+    return root.call(ReconfigurePartition(name, dict(queues)), timeout)
+
+
+def stop_partition(root: Caller, name: str, timeout: float = CALL_TIMEOUT) -> dict:
+    return root.call(StopPartition(name), timeout)
+
+
+def restart_partition(root: Caller, name: str, timeout: float = CALL_TIMEOUT) -> dict:
+    return root.call(RestartPartition(name), timeout)
+
+
+def node_status(root: Caller, timeout: float = STATUS_TIMEOUT) -> dict:
+    return root.call(NodeStatus(), timeout)
+
+
+# --------------------------------------------------------------------- the root
 
 
 class Root:
-    """The root supervisor's roger side: desired partitions, waiting ones, requests."""
+    """The root supervisor's roger side: desired partitions, waiting ones, requests.
 
-    def __init__(self, settings: Settings) -> None:
+    `children` are the node's own processes, started first (see `roger.node.node`).
+    """
+
+    def __init__(self, settings: Settings, children: tuple[ChildSpec, ...] = ()) -> None:
         self.settings = settings
         # Shared with the partition specs: a restarted partition gets its
         # current queues, not the ones it first started with.
@@ -48,14 +119,14 @@ class Root:
         # partition -> times its supervisor exited on its own (each one is
         # started again, after waiting): the partitions' restart counts.
         self.restarts: dict[str, int] = {}
-        # The control server is the first child: the socket is there before
-        # any partition starts, and a partition waiting for the broker never
-        # keeps the operator out.
         self.sup = Supervisor(
-            (control_spec(settings), system_spec(settings)),
-            name=f"roger node {settings.node_name}", intensity=10, period=10.0,
+            children, name=f"roger node {settings.node_name}", intensity=10, period=10.0,
             on_event=self._on_event, handler=self._handle, on_start=self._start_all,
         )
+
+    def __repr__(self) -> str:
+        return (f"<Root {self.settings.node_name!r}: partitions {sorted(self.partitions)}, "
+                f"waiting {sorted(self.waiting)}>")
 
     def spec(self, name: str) -> ChildSpec:
         s = self.settings
@@ -63,8 +134,13 @@ class Root:
             name, run_partition, args=(name, self.partitions, s), type="supervisor",
             restart="temporary",
             shutdown=s.shutdown_timeout + 10.0,
-            start_timeout=len(self.partitions[name]) * (2 * s.connect_timeout + 10.0) + 5.0,
+            # The coordinator and each consumer start one after the other.
+            start_timeout=(len(self.partitions[name]) + 1) * start_timeout(s) + 5.0,
         )
+
+    def start_timeout(self) -> float:
+        """How long starting every configured partition may take."""
+        return sum(self.spec(n).start_timeout for n in self.partitions)
 
     # ------------------------------------------------------------ partitions
 
@@ -105,55 +181,62 @@ class Root:
     # --------------------------------------------------------------- requests
 
     def _handle(self, sup: Supervisor, payload: Any) -> Any:
-        op, *args = payload
-        fn = getattr(self, f"op_{op}", None)
-        if fn is None:
-            raise ValueError(f"unknown node request {op!r}")
-        return fn(*args)
+        match payload:
+            case StartPartition(name, queues):
+                return self.start_partition(name, queues)
+            case ReconfigurePartition(name, queues):
+                return self.reconfigure_partition(name, queues)
+            case StopPartition(name):
+                return self.stop_partition(name)
+            case RestartPartition(name):
+                return self.restart_partition(name)
+            case NodeStatus():
+                return self.status()
+        raise ValueError(f"unknown node request {payload!r}")
 
-    def op_start_partition(self, name: str, queues: dict[str, int]) -> dict:
+    def start_partition(self, name: str, queues: dict[str, int]) -> dict:
         check_partition_name(name)  # also keeps it apart from "roger.control" & co.
         if name in self.partitions:
             raise ValueError(f"partition {name!r} is already configured on this node")
-        self.partitions[name] = _check_queues(queues)
+        self.partitions[name] = check_queues(queues)
         if not self._try_start(name):
             log.warning("partition %s did not start; it is waiting", name)
-        return self.op_status()
+        return self.status()
 
-    def op_reconfigure_partition(self, name: str, queues: dict[str, int]) -> dict:
+    def reconfigure_partition(self, name: str, queues: dict[str, int]) -> dict:
         self._known(name)
-        self.partitions[name] = _check_queues(queues)
+        self.partitions[name] = check_queues(queues)
         if self._running(name):
-            self.sup.call_child(name, ("reconfigure", self.partitions[name]), CALL_TIMEOUT)
-        return self.op_status()
+            partition_supervisor.reconfigure(self.sup, name, self.partitions[name], CALL_TIMEOUT)
+        return self.status()
 
-    def op_stop_partition(self, name: str) -> dict:
+    def stop_partition(self, name: str) -> dict:
         self._known(name)
         del self.partitions[name]
         self.waiting.pop(name, None)
         self.restarts.pop(name, None)
         if self._running(name):
             self.sup.terminate_child(name)
-        return self.op_status()
+        return self.status()
 
-    def op_restart_partition(self, name: str) -> dict:
+    def restart_partition(self, name: str) -> dict:
         self._known(name)
         if self._running(name):
             self.sup.terminate_child(name)
         self._try_start(name)
-        return self.op_status()
+        return self.status()
 
-    def op_status(self) -> dict:
+    def status(self) -> dict:
         running: dict[str, Any] = {}
         for child in self.sup.which_children():
             if child.state != "running" or child.id not in self.partitions:
                 continue  # the node's own processes (control, system) are not partitions
             try:
-                queues = self.sup.call_child(child.id, ("status",), 10.0)
+                answer = partition_supervisor.status(self.sup, child.id, STATUS_TIMEOUT)
             except Exception as e:
-                queues = {"error": str(e)}
+                answer = {"queues": {"error": str(e)}, "coordinator": {}}
             running[child.id] = {"pid": child.pid, "restarts": self.restarts.get(child.id, 0),
-                                 "queues": queues}
+                                 **answer}
         return {
             "node": self.settings.node_name,
             "pid": os.getpid(),
@@ -164,148 +247,3 @@ class Root:
     def _known(self, name: str) -> None:
         if name not in self.partitions:
             raise ValueError(f"partition {name!r} is not configured on this node")
-
-
-def _check_queues(queues: Any) -> dict[str, int]:
-    if not isinstance(queues, dict) or not queues:
-        raise ValueError(f"queues must be a non-empty dict of queue name to workers, "
-                         f"got {queues!r}")
-    out = {}
-    for q, n in queues.items():
-        check_queue_name(q)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"queue {q!r}: workers must be an int >= 0, got {n!r}")
-        out[q] = n
-    return out
-
-
-def _start_root(sup: Supervisor, timeout: float) -> Any:
-    """Fork the root supervisor from a thread that outlives it.
-
-    Children die with the *thread* that forked them (see
-    `supervision.lifeline`): a node started from a host's short-lived thread
-    (a web framework's startup hook, say) would be SIGKILLed when that
-    thread ends. The main thread lasts as long as the process; from any
-    other, a keeper thread forks the root and waits for it to exit.
-    """
-    if threading.current_thread() is threading.main_thread():
-        return sup.start(timeout=timeout)
-    started: dict[str, Any] = {}
-    done = threading.Event()
-
-    def keep() -> None:
-        try:
-            started["handle"] = sup.start(timeout=timeout)
-        except BaseException as e:  # re-raised in the caller's thread
-            started["error"] = e
-            return
-        finally:
-            done.set()
-        # Waits on the sentinel without reaping: stop() and join() stay the caller's.
-        wait([started["handle"]._proc.sentinel])
-
-    threading.Thread(target=keep, name=f"roger root keeper ({sup.name})", daemon=True).start()
-    done.wait()
-    if "error" in started:
-        raise started["error"]
-    return started["handle"]
-
-
-class Node:
-    """A roger node: the root of a process tree serving partitions.
-
-    >>> with roger.Node(partitions={"myapp": {"default": 4}}) as node:
-    ...     node.reconfigure_partition("myapp", {"default": 8})
-    ...     print(node.status())
-
-    `run()` runs the tree with this process as its root (blocking until
-    SIGTERM, SIGINT or `stop()` from another thread); `start()` runs it in a
-    child process and returns once the configured partitions consume.
-    Settings come from `settings`, else from the environment and
-    ``roger.toml``; keyword arguments override single fields.
-    """
-
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
-        if settings is None:
-            settings = Settings(**overrides)
-        elif overrides:
-            settings = Settings(**(settings.model_dump() | overrides))
-        self.settings = settings
-        self._api: SupervisorAPI | None = None
-        self._handle: Any = None
-
-    def _root(self) -> Root:
-        # Import job modules once in the root: typos fail the node at start,
-        # and every forked process shares the imported code.
-        registry.import_modules(self.settings.imports)
-        frames.warm_up(self.settings)
-        # A live node on our control socket (or a path too long for one)
-        # fails here, in the caller, with a clear ControlError.
-        control.claim_socket_path(self.settings.control_socket)
-        return Root(self.settings)
-
-    def run(self) -> None:
-        """Serve in this process until SIGTERM/SIGINT (or `stop()` from another thread)."""
-        root = self._root()
-        self._api = root.sup
-        try:
-            root.sup.run()
-        finally:
-            self._api = None
-
-    def start(self, timeout: float | None = None) -> Node:
-        """Start the tree in a child process; returns once the partitions are consuming."""
-        if self._handle is not None and self._handle.is_alive():
-            raise RuntimeError("this node is already started")
-        root = self._root()
-        start_timeout = timeout or sum(
-            root.spec(n).start_timeout for n in root.partitions) + 30.0
-        self._handle = _start_root(root.sup, start_timeout)
-        self._api = self._handle
-        return self
-
-    def stop(self, timeout: float | None = None) -> int | None:
-        """Shut down gracefully (running jobs get `shutdown_timeout`); returns the exit code."""
-        if self._handle is None:
-            if self._api is not None:  # run() in another thread of this process
-                self._api._request(("stop",), CALL_TIMEOUT)
-            return None
-        code = self._handle.stop(timeout)
-        self._handle = self._api = None
-        return code
-
-    def __enter__(self) -> Node:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """The root process's pid (while started)."""
-        return self._handle.pid if self._handle is not None else None
-
-    def _call(self, *payload: Any) -> Any:
-        if self._api is None:
-            raise RuntimeError("this node is not running: call start() or run() first")
-        return self._api.call(payload, CALL_TIMEOUT)
-
-    def start_partition(self, name: str, queues: dict[str, int]) -> dict:
-        """Start serving a partition; returns once its consumers are subscribed."""
-        return self._call("start_partition", name, queues)
-
-    def reconfigure_partition(self, name: str, queues: dict[str, int]) -> dict:
-        """Make a partition's queues exactly `queues` (left-out queues stop; 0 stops consuming)."""
-        return self._call("reconfigure_partition", name, queues)
-
-    def stop_partition(self, name: str) -> dict:
-        """Stop serving a partition on this node (its running jobs finish or are requeued)."""
-        return self._call("stop_partition", name)
-
-    def restart_partition(self, name: str) -> dict:
-        """Restart one partition's subtree; other partitions are not touched."""
-        return self._call("restart_partition", name)
-
-    def status(self) -> dict:
-        """This node's tree: running partitions with their queues and pids, waiting ones."""
-        return self._call("status")

@@ -23,91 +23,68 @@ import time
 from typing import Any
 
 import amqp
-from multiprocess.connection import wait
 
 import supervision
-from roger.amqp import broker, frames, rpc
+from roger.amqp import broker, rpc, topology
+from roger.amqp.service import Service
+from roger.node import root
+from roger.settings import Settings
 from supervision import ChildSpec
+
+__all__ = ["System", "gather", "system_spec"]
 
 log = logging.getLogger("roger.system")
 
-
+CHILD_ID = "roger.system"
 PRESENCE_INTERVAL = 1.0
 PRESENCE_TTL = 3.5
 STATUS_TIMEOUT = 10.0
 
 
-def system_exchange_name(settings: Any) -> str:
-    return f"{settings.system_exchange_prefix}.system"
-
-
-def declare_system(channel: amqp.Channel, settings: Any) -> str:
-    name = system_exchange_name(settings)
-    channel.exchange_declare(name, "fanout", durable=True, auto_delete=False)
-    return name
-
-
-def system_spec(settings: Any) -> ChildSpec:
+def system_spec(settings: Settings) -> ChildSpec:
     # Started once its process runs (no ready handshake): it connects, and
     # reconnects, on its own, so a broker outage never blocks or fails the node.
-    return ChildSpec("roger.system", run_system, args=(settings,), shutdown=2.0)
+    return ChildSpec(CHILD_ID, run_system, args=(settings,), shutdown=2.0)
 
 
-def run_system(settings: Any) -> None:
+def run_system(settings: Settings) -> None:
     """The system process main (child ``roger.system`` of the root)."""
-    system = System(settings)
-    delay = 0.5
-    while True:
-        try:
-            system.run()
-            return
-        except frames.CONNECTION_ERRORS as e:
-            log.warning("system: broker connection lost or refused (%s); retrying in %.1f s",
-                        e, delay)
-        time.sleep(delay)  # backoff between reconnects, capped
-        delay = min(delay * 2, 30.0)
+    System(settings).run()
 
 
-class System:
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
+class System(Service):
+    """Presence and cluster-wide calls on ``<prefix>.system``; reconnects by itself."""
+
+    notify_ready = False
+    reconnect = True  # a broker outage must never bring the node down
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "system")
         self.node = settings.node_name
         self.peers: dict[str, float] = {}
+        self.next_announce = 0.0
+        self.channel: amqp.Channel
+        self.exchange: str
 
-    def run(self) -> None:
-        s = self.settings
-        conn = frames.connect(s)
-        self.conn, self.amqp = conn, conn.connection
-        self.channel = conn.channel()
-        self.exchange = declare_system(self.channel, s)
+    def __repr__(self) -> str:
+        return f"<System {self.node!r}: peers {self.live_peers()}>"
+
+    def setup(self) -> None:
+        self.channel = self.conn.channel()
+        self.exchange = topology.declare_system(self.channel, self.settings)
         q = self.channel.queue_declare("", exclusive=True, auto_delete=True).queue
         self.channel.queue_bind(q, self.exchange)
         self.channel.basic_consume(q, callback=self._on_message, no_ack=True)
-        self._announce()
-        self._loop()
+        self.next_announce = 0.0  # at once
 
-    def _loop(self) -> None:
-        parent = supervision.parent() if supervision.is_supervised() else None
-        next_announce = time.monotonic() + PRESENCE_INTERVAL
-        last_beat = time.monotonic()
-        while True:
-            objs = [self.amqp.sock] + ([parent.conn] if parent and not parent.closed else [])
-            ready = wait(objs, max(0.0, next_announce - time.monotonic()))
-            if self.amqp.sock in ready:
-                frames.drain_pending(self.amqp)
-            if parent is not None and parent.conn in ready:
-                try:
-                    while parent.pending():
-                        parent.recv(0)  # nothing to answer: casts (drain) are ignored
-                except supervision.SupervisorGone:
-                    return
-            now = time.monotonic()
-            if now >= next_announce:
-                self._announce()
-                next_announce = now + PRESENCE_INTERVAL
-            if now - last_beat >= (self.settings.heartbeat or 20) / 4:
-                self.conn.heartbeat_check()
-                last_beat = now
+    def timeout(self) -> float:
+        return self.next_announce - time.monotonic()
+
+    def on_turn(self, ready: set[Any]) -> None:
+        now = time.monotonic()
+        if now >= self.next_announce:
+            self._announce()
+            self.next_announce = now + PRESENCE_INTERVAL
 
     def _announce(self) -> None:
         self._publish(self.exchange, "", {"type": "presence", "node": self.node,
@@ -144,7 +121,7 @@ class System:
 
     def _answer(self, body: dict) -> Any:
         cmd = body.get("cmd")
-        status = supervision.parent().call(("status",), STATUS_TIMEOUT)
+        status = root.node_status(supervision.parent(), STATUS_TIMEOUT)
         if cmd == "partitions":
             return partitions_view(status)
         if cmd == "running_jobs":
@@ -180,10 +157,10 @@ def running_view(status: dict, partition: str | None) -> dict:
     return out
 
 
-def gather(settings: Any, cmd: str, timeout: float = 1.0, **args: Any) -> dict[str, Any]:
+def gather(settings: Settings, cmd: str, timeout: float = 1.0, **args: Any) -> dict[str, Any]:
     """Call every live node; returns ``{node: data}`` (nodes that failed are left out)."""
     with broker.get_broker(settings).channel() as channel:
-        exchange = declare_system(channel, settings)
+        exchange = topology.declare_system(channel, settings)
 
         def everyone_answered(replies: list[dict]) -> bool:
             if not replies:

@@ -7,17 +7,12 @@ active for the partition answers (see `roger.global_state`). Plain jobs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from roger import config
 from roger.amqp import broker, rpc
+from roger.amqp.topology import declare_global, global_queue_name
 from roger.errors import BrokerError, DuplicateJob
-from roger.partition.coordinator import declare_global, global_queue_name
 from roger.record import Record
-from roger.settings import check_partition_name, check_queue_name
-
-if TYPE_CHECKING:
-    from roger.settings import Settings
+from roger.settings import Settings, check_partition_name, check_queue_name
 
 __all__ = ["cancel", "pause", "resume"]
 
@@ -92,7 +87,7 @@ def resume(partition: str, queue: str, *, settings: Settings | None = None) -> N
     _pause_or_resume("resume", partition, queue, settings)
 
 
-def _pause_or_resume(op: str, partition: str, queue: str, settings: Any) -> None:
+def _pause_or_resume(op: str, partition: str, queue: str, settings: Settings | None) -> None:
     settings = settings or config.get_settings()
     check_partition_name(partition)
     check_queue_name(queue)

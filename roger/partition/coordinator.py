@@ -1,4 +1,4 @@
-"""A partition's global state and its coordinator (one active per cluster).
+"""The coordinator process: a partition's global state, one active per cluster.
 
 Every node runs a coordinator process per partition; all of them consume
 the partition's ``<partition>.global`` queue, which has RabbitMQ's
@@ -18,6 +18,10 @@ Requests are JSON messages with an ``op``; calls carry ``reply_to`` and
 (releases) are persistent and acked only once applied. Changes that
 consumers must act on at once (cancel, pause, resume) are broadcast on the
 partition's fanout exchange ``<prefix>.<partition>.events``.
+
+Consumers talk to it through `roger.partition.coordinator_link`, every
+other process through `roger.partition.coordination`; the state itself is
+`roger.partition.state`.
 """
 
 from __future__ import annotations
@@ -25,181 +29,76 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import amqp
-from multiprocess.connection import wait
 
-import supervision
-from roger.amqp import broker, frames
+from roger.amqp import publish, topology
+from roger.amqp.service import Service
 from roger.partition.persister import load_persister
+from roger.partition.state import State
+from roger.settings import Settings
+from supervision import SupervisorAPI
+
+__all__ = ["CHILD_ID", "Coordinator", "CoordinatorStatus", "run_coordinator", "status"]
 
 log = logging.getLogger("roger.global")
 
-
-CANCELLED_TTL = 24 * 3600.0  # seconds a cancelled id is remembered
-WAITING_HEADER = "x-roger-queue"  # on a parked job: the queue it returns to
+CHILD_ID = "roger.global"  # its id under the partition supervisor: no queue name has a dot
 
 
-def global_queue_name(partition: str) -> str:
-    return f"{partition}.global"
-
-
-def events_exchange_name(settings: Any, partition: str) -> str:
-    return f"{settings.system_exchange_prefix}.{partition}.events"
-
-
-def waiting_queue_name(partition: str, key: str) -> str:
-    return f"{partition}-execution-waiting-{key}"
-
-
-def declare_global(channel: amqp.Channel, settings: Any, partition: str) -> None:
-    """The coordinator queue and the events exchange (idempotent, same arguments everywhere)."""
-    channel.queue_declare(global_queue_name(partition), durable=True, auto_delete=False,
-                          arguments={"x-single-active-consumer": True})
-    channel.exchange_declare(events_exchange_name(settings, partition), "fanout",
-                             durable=True, auto_delete=False)
-
-
-def declare_waiting(channel: amqp.Channel, partition: str, key: str) -> str:
-    name = waiting_queue_name(partition, key)
-    channel.queue_declare(name, durable=True, auto_delete=False)
-    return name
-
-
-@dataclass
-class State:
-    """What a partition's coordinator knows. Plain data: it is what gets persisted."""
-
-    queue_keys: dict[str, str] = field(default_factory=dict)  # key -> job id
-    exec_holders: dict[str, str] = field(default_factory=dict)  # key -> job id running/granted
-    exec_waiting: dict[str, int] = field(default_factory=dict)  # key -> parked jobs
-    cancelled: dict[str, float] = field(default_factory=dict)  # job id -> forget after
-    paused: set[str] = field(default_factory=set)
-
-    def to_dict(self) -> dict:
-        return {"queue_keys": self.queue_keys, "exec_holders": self.exec_holders,
-                "exec_waiting": self.exec_waiting, "cancelled": self.cancelled,
-                "paused": sorted(self.paused)}
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> State:
-        data = data or {}
-        return cls(dict(data.get("queue_keys", {})), dict(data.get("exec_holders", {})),
-                   dict(data.get("exec_waiting", {})), dict(data.get("cancelled", {})),
-                   set(data.get("paused", [])))
-
-    # ---- queue keys
-
-    def claim(self, pairs: list[tuple[str, str]]) -> list[str]:
-        """Claim every key for its job, or none: returns the keys held by other jobs."""
-        taken = [k for k, job_id in pairs if self.queue_keys.get(k, job_id) != job_id]
-        seen: dict[str, str] = {}
-        for k, job_id in pairs:  # two jobs of one batch with the same key
-            if seen.setdefault(k, job_id) != job_id and k not in taken:
-                taken.append(k)
-        if not taken:
-            self.queue_keys.update(pairs)
-        return taken
-
-    def release(self, key: str, job_id: str) -> bool:
-        if self.queue_keys.get(key) == job_id:
-            del self.queue_keys[key]
-            return True
-        return False
-
-    # ---- execution keys
-
-    def acquire(self, key: str, job_id: str) -> bool:
-        holder = self.exec_holders.get(key)
-        if holder is None or holder == job_id:
-            self.exec_holders[key] = job_id
-            return True
-        return False
-
-    def release_exec(self, key: str, job_id: str) -> bool:
-        """True when the key became free (the caller then hands it to a parked job)."""
-        if self.exec_holders.get(key) != job_id:
-            return False
-        del self.exec_holders[key]
-        return True
-
-    # ---- cancellation and pauses
-
-    def cancel(self, job_id: str, now: float) -> None:
-        self.cancelled[job_id] = now + CANCELLED_TTL
-
-    def expire(self, now: float) -> bool:
-        old = [j for j, until in self.cancelled.items() if until <= now]
-        for j in old:
-            del self.cancelled[j]
-        return bool(old)
-
-
-def run_coordinator(partition: str, settings: Any) -> None:
+def run_coordinator(partition: str, settings: Settings) -> None:
     """The partition's coordinator process (child ``roger.global`` of its supervisor)."""
     Coordinator(partition, settings).run()
 
 
-class Coordinator:
-    def __init__(self, partition: str, settings: Any) -> None:
-        self.partition, self.settings = partition, settings
+@dataclass(frozen=True)
+class CoordinatorStatus:
+    """Request: is this coordinator the active one, and what does it hold."""
+
+
+def status(sup: SupervisorAPI, timeout: float) -> dict:
+    """Ask the coordinator under partition supervisor `sup` for `CoordinatorStatus`."""
+    return sup.call_child(CHILD_ID, CoordinatorStatus(), timeout)
+
+
+class Coordinator(Service):
+    """Serves ``<partition>.global``: requests in order, one at a time, no locks."""
+
+    def __init__(self, partition: str, settings: Settings) -> None:
+        super().__init__(settings, partition)
+        self.partition = partition
         self.persister = load_persister(settings)
         self.state = State()
         self.active = False
-        self.queue = global_queue_name(partition)
-        self.exchange = events_exchange_name(settings, partition)
+        self.queue = topology.global_queue_name(partition)
+        self.exchange = topology.events_exchange_name(settings, partition)
+        self.channel: amqp.Channel  # consumes the requests; the next two publish
+        self.publish_channel: amqp.Channel
+        self.confirm_channel: amqp.Channel
 
-    def run(self) -> None:
-        try:
-            self._run()
-        except frames.CONNECTION_ERRORS as e:
-            # Unanswered requests stay in the queue for the next coordinator.
-            log.error("[%s] coordinator lost the broker connection: %s", self.partition, e)
-            raise SystemExit(4) from None
+    def __repr__(self) -> str:
+        role = "active" if self.active else "standby"
+        return (f"<Coordinator {self.partition!r} {role}: {len(self.state.queue_keys)} queue "
+                f"keys, {len(self.state.exec_holders)} execution keys held, "
+                f"{len(self.state.cancelled)} cancelled, paused {sorted(self.state.paused)}>")
 
-    def _run(self) -> None:
-        s = self.settings
-        try:
-            self.conn = frames.connect(s)
-        except ConnectionError as e:
-            log.error("[%s] coordinator: %s", self.partition, e)
-            raise SystemExit(3) from None
-        self.amqp = self.conn.connection
+    def setup(self) -> None:
         self.channel = self.conn.channel()
-        declare_global(self.channel, s, self.partition)
+        topology.declare_global(self.channel, self.settings, self.partition)
         self.publish_channel = self.conn.channel()
         self.confirm_channel = self.conn.channel()  # publish_confirmed owns its channel
         self.channel.basic_qos(0, 1, False)
         # Active or standby is RabbitMQ's choice; we learn we are active when
         # a request arrives, and load the state then (see the module doc).
         self.channel.basic_consume(self.queue, callback=self._on_request)
-        supervision.ready()
-        parent = supervision.parent() if supervision.is_supervised() else None
-        last_beat = time.monotonic()
-        while True:
-            objs = [self.amqp.sock] + ([parent.conn] if parent and not parent.closed else [])
-            ready = wait(objs, s.heartbeat / 4 if s.heartbeat else 5.0)
-            if self.amqp.sock in ready:
-                frames.drain_pending(self.amqp)
-            if parent is not None and parent.conn in ready and not self._serve(parent):
-                return
-            if time.monotonic() - last_beat >= (s.heartbeat or 20) / 4:
-                self.conn.heartbeat_check()
-                last_beat = time.monotonic()
 
-    def _serve(self, parent: supervision.Link) -> bool:
-        while not parent.closed and parent.pending():
-            try:
-                msg = parent.recv(0)
-            except supervision.SupervisorGone:
-                return False
-            if msg and msg[0] == "call":
-                parent.answer(msg, lambda p: {"active": self.active,
-                                              "queue_keys": len(self.state.queue_keys),
-                                              "paused": sorted(self.state.paused)})
-        return True
+    def handle_call(self, payload: Any) -> Any:
+        if isinstance(payload, CoordinatorStatus):
+            return {"active": self.active, "queue_keys": len(self.state.queue_keys),
+                    "paused": sorted(self.state.paused)}
+        return super().handle_call(payload)
 
     # ------------------------------------------------------------------ requests
 
@@ -279,17 +178,17 @@ class Coordinator:
 
     def _unpark(self, key: str) -> None:
         """Send the oldest parked job of `key` back to its queue, holding the key for it."""
-        waiting = declare_waiting(self.publish_channel, self.partition, key)
+        waiting = topology.declare_waiting(self.publish_channel, self.partition, key)
         msg = self.publish_channel.basic_get(waiting, no_ack=False)
         if msg is None:
             self.state.exec_waiting.pop(key, None)
             return
         headers = dict(msg.properties.get("application_headers") or {})
-        queue = headers.pop(WAITING_HEADER)
+        queue = headers.pop(topology.WAITING_HEADER)
         job_id = json.loads(msg.body)["id"]
         self.state.exec_holders[key] = job_id
-        broker.publish_confirmed(self.confirm_channel, [broker.Outgoing(
-            broker.queue_name(self.partition, queue), msg.body, headers or None, job_id)],
+        publish.publish_confirmed(self.confirm_channel, [publish.Outgoing(
+            topology.queue_name(self.partition, queue), msg.body, headers or None, job_id)],
             self.settings.confirm_timeout)
         self.publish_channel.basic_ack(msg.delivery_tag)
         left = self.state.exec_waiting.get(key, 1) - 1

@@ -15,27 +15,39 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import amqp
 
-from roger.amqp import broker, rpc
-from roger.partition.coordinator import (
+from roger.amqp import publish, rpc
+from roger.amqp.topology import (
     WAITING_HEADER,
     declare_global,
     declare_waiting,
     events_exchange_name,
     global_queue_name,
 )
+from roger.partition.state import CANCELLED_TTL
+from roger.record import Record
+from roger.settings import Settings
+
+__all__ = ["CoordinatorLink"]
 
 log = logging.getLogger("roger.consumer")
 
 STATE_TIMEOUT = 10.0  # seconds to get the state at start; no coordinator -> no start
 
 
-class GlobalClient:
-    def __init__(self, conn: Any, settings: Any, partition: str,
+class CoordinatorLink:
+    """A consumer's view of its partition's global state, on the consumer's connection.
+
+    `on_event(event)` follows every broadcast (after the view is updated);
+    `on_acquired(context, ok)` answers each `acquire`.
+    """
+
+    def __init__(self, conn: Any, settings: Settings, partition: str,
                  on_event: Callable[[dict], None],
                  on_acquired: Callable[[Any, bool], None]) -> None:
         self.settings, self.partition = settings, partition
@@ -45,8 +57,16 @@ class GlobalClient:
         self.confirm_channel = conn.channel()  # publish_confirmed owns its channel
         declare_global(self.channel, settings, partition)
         self.pending: dict[str, Any] = {}  # correlation id -> job awaiting acquire
-        self.cancelled: dict[str, float] = {}
         self.paused: set[str] = set()
+        # Cancelled ids, forgotten CANCELLED_TTL after we heard of them, as the
+        # coordinator forgets them: a consumer that runs for months must not
+        # keep every id ever cancelled. Insertion order is expiry order.
+        self.cancelled: dict[str, float] = {}  # job id -> forget after (monotonic)
+        self._expiry: deque[tuple[float, str]] = deque()
+
+    def __repr__(self) -> str:
+        return (f"<CoordinatorLink {self.partition!r}: paused {sorted(self.paused)}, "
+                f"{len(self.cancelled)} cancelled, {len(self.pending)} key requests pending>")
 
     def start(self) -> None:
         """Subscribe to broadcasts, then fetch the state (so nothing falls in between)."""
@@ -55,8 +75,8 @@ class GlobalClient:
         self.channel.basic_consume(q, callback=self._on_broadcast, no_ack=True)
         state = rpc.call(self.channel, self.queue, {"op": "state"}, STATE_TIMEOUT)
         self.paused = set(state.get("paused", []))
-        until = time.time() + 24 * 3600
-        self.cancelled = {j: until for j in state.get("cancelled", [])}
+        for job_id in state.get("cancelled", []):
+            self._remember_cancelled(job_id)
         self.replies = rpc.Replies(self.channel, self._on_reply)
 
     def _on_broadcast(self, msg: amqp.Message) -> None:
@@ -65,7 +85,7 @@ class GlobalClient:
         except ValueError:
             return
         if event.get("type") == "cancel":
-            self.cancelled[event["job_id"]] = time.time() + 24 * 3600
+            self._remember_cancelled(event["job_id"])
         elif event.get("type") == "pause":
             self.paused.add(event["queue"])
         elif event.get("type") == "resume":
@@ -75,9 +95,19 @@ class GlobalClient:
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self.cancelled
 
+    def _remember_cancelled(self, job_id: str) -> None:
+        now = time.monotonic()
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            until, old = expiry.popleft()
+            if self.cancelled.get(old) == until:  # not cancelled again since
+                del self.cancelled[old]
+        self.cancelled[job_id] = until = now + CANCELLED_TTL
+        expiry.append((until, job_id))
+
     # ------------------------------------------------------------ execution keys
 
-    def acquire(self, job: Any, context: Any) -> None:
+    def acquire(self, job: Record, context: Any) -> None:
         """Ask for `job.execution_key`; `on_acquired(context, ok)` follows when it answers."""
         corr = self.replies.send("", self.queue, {"op": "acquire", "key": job.execution_key,
                                                   "job_id": job.id})
@@ -88,21 +118,21 @@ class GlobalClient:
         if context is not None:
             self.on_acquired(context, bool(body.get("ok")))
 
-    def park(self, job: Any, body: bytes, queue: str) -> None:
+    def park(self, job: Record, body: bytes, queue: str) -> None:
         """Queue `job` FIFO in its key's waiting queue and tell the coordinator."""
         waiting = declare_waiting(self.channel, self.partition, job.execution_key)
-        broker.publish_confirmed(self.confirm_channel, [broker.Outgoing(
+        publish.publish_confirmed(self.confirm_channel, [publish.Outgoing(
             waiting, body, {WAITING_HEADER: queue}, job.id)], self.settings.confirm_timeout)
         self._notify({"op": "parked", "key": job.execution_key})
 
-    def release_exec(self, job: Any) -> None:
+    def release_exec(self, job: Record) -> None:
         self._notify({"op": "release_exec", "key": job.execution_key, "job_id": job.id})
 
-    def release_queue_key(self, job: Any) -> None:
+    def release_queue_key(self, job: Record) -> None:
         self._notify({"op": "release", "key": job.queue_key, "job_id": job.id})
 
     def _notify(self, request: dict) -> None:
         # Persistent and confirmed: a release must survive a broker restart,
         # or the key would stay taken.
-        broker.publish_confirmed(self.confirm_channel, [broker.Outgoing(
+        publish.publish_confirmed(self.confirm_channel, [publish.Outgoing(
             self.queue, json.dumps(request).encode())], self.settings.confirm_timeout)

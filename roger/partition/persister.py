@@ -19,7 +19,9 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from roger.settings import Settings
 
 
 class Persister(Protocol):
@@ -31,7 +33,7 @@ class Persister(Protocol):
 class FilesystemPersister:
     """One JSON file per partition under `state_dir`."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.dir = Path(settings.state_dir)
 
     def _path(self, partition: str) -> Path:
@@ -54,7 +56,7 @@ class FilesystemPersister:
         os.replace(tmp, path)
 
 
-def load_persister(settings: Any) -> Persister:
+def load_persister(settings: Settings) -> Persister:
     """The persister named by the `persister` setting."""
     name = settings.persister
     if name == "filesystem":

@@ -27,6 +27,7 @@ from multiprocess.connection import wait
 
 from roger.partition import pipe
 from roger.partition.worker import decode_outcome, encode_job, run_worker
+from roger.settings import Settings
 from supervision import ChildSpec, DynamicSupervisor, Event
 
 log = logging.getLogger("roger.pool")
@@ -51,7 +52,7 @@ class WorkerPool:
     `on_lost(tag, exitcode)` when a worker died while running job `tag`.
     """
 
-    def __init__(self, partition: str, queue: str, settings: Any, size: int,
+    def __init__(self, partition: str, queue: str, settings: Settings, size: int,
                  on_outcome: Callable[[int, dict | None], None],
                  on_lost: Callable[[int, int | None], None],
                  inherited: Callable[[], list[Any]] = list) -> None:
@@ -74,6 +75,10 @@ class WorkerPool:
         self._by_conn: dict[Any, Slot] = {}
         self.failure: Exception | None = None  # raised by _on_event, re-raised by handle/kill
 
+    def __repr__(self) -> str:
+        return (f"<WorkerPool {self.partition}/{self.queue}: {len(self.slots)} of {self.size} "
+                f"workers, {self.busy} busy>")
+
     # ---------------------------------------------------------------- lifecycle
 
     def open(self) -> None:
@@ -88,8 +93,8 @@ class WorkerPool:
         idle = [self.slots[i] for i in self.idle]
         for slot in idle:
             slot.conn.close()  # EOF: the worker returns from its loop
-        sentinels = {c.pid: c for c in self.sup._children.values() if c.proc is not None}
-        waiting = [sentinels[s.pid].proc.sentinel for s in idle if s.pid in sentinels]
+        waiting = [s for s in map(self.sup.sentinel, (slot.id for slot in idle))
+                   if s is not None]
         deadline = time.monotonic() + IDLE_EXIT_GRACE
         while waiting and time.monotonic() < deadline:
             done = wait(waiting, deadline - time.monotonic())
@@ -147,6 +152,10 @@ class WorkerPool:
         """SIGKILL a worker (overrun or cancelled job); `on_lost` follows for its job."""
         self.sup.terminate_child(slot_id)
         self._raise_failure()
+
+    def pids(self) -> list[int]:
+        """The pids of the pool's workers, sorted."""
+        return sorted(s.pid for s in self.slots.values())
 
     def running(self) -> dict[int, Slot]:
         return {s.tag: s for s in self.slots.values() if s.tag is not None}

@@ -1,43 +1,54 @@
-"""Retries, burial and rejection: what happens to a job that did not succeed.
+"""Settling a delivery: republish it where it goes next, release its keys, then ack it.
 
-The backoff is `retry_levels` seconds: after its n-th failure a retryable
-job waits ``retry_levels[n]`` seconds in ``<partition>-<queue>.retry.<s>``
-(a queue whose TTL dead-letters it back to the main queue), then runs again
-with `retry_count` n+1. After the last level it is buried.
+The consumer calls `Settlement` once a job is done with: it ran (the worker
+applied the settle policy and fired the callbacks), its worker died or was
+killed (the consumer applies the policy here, in `lost`), it was cancelled,
+or it was not a valid job (`reject`). In that order, each step waits for
+the last to be confirmed:
 
-The ``publish_*`` helpers are what a consumer calls to settle a delivery.
-Each returns only once RabbitMQ confirmed the new message, so the consumer
-may then ack the original: a crash in between duplicates a job, never
-loses one. They take the consumer's own channel (dedicate one to them; see
-`roger.broker.publish_confirmed`).
+1. a retried job is republished to ``<partition>-<queue>.retry.<s>`` (a
+   queue whose TTL dead-letters it back to the main queue), a buried one to
+   ``.buried``, a bad message to ``.rejected`` with its reason;
+2. its queue key is released (not on retry: the key is held through
+   retries), and its execution key if it held one;
+3. the delivery is acked, in the next batch of acks (`flush`).
+
+A crash between two steps runs a job again; it never loses one. The
+``publish_*`` helpers take the consumer's settle channel (dedicate one to
+them; see `roger.amqp.publish.publish_confirmed`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import amqp
 
 from roger import message
-from roger.amqp import broker
-from roger.amqp.broker import Outgoing, Unroutable
+from roger.amqp import publish, topology
+from roger.amqp.frames import AckBatcher
+from roger.amqp.publish import Outgoing, Unroutable
+from roger.callbacks import Callbacks
+from roger.errors import BadMessage, JobTimeout, WorkerCrashed
+from roger.partition.coordinator_link import CoordinatorLink
+from roger.partition.policy import Outcome, decide, fire, next_delay
 from roger.record import Record
-
-if TYPE_CHECKING:
-    from roger.settings import Settings
+from roger.settings import Settings
+from supervision.events import signal_name
 
 __all__ = [
     "ERROR_HEADER",
     "REASON_HEADER",
-    "next_delay",
+    "Settlement",
     "publish_buried",
     "publish_rejected",
     "publish_retry",
-    "retry_or_bury",
 ]
+
+log = logging.getLogger("roger.consumer")
 
 REASON_HEADER = "x-roger-reason"
 ERROR_HEADER = "x-roger-error"
@@ -48,15 +59,98 @@ ERROR_TEXT_LIMIT = 4000
 _TRUNCATED = "... [truncated]"
 
 
-def next_delay(retry_count: int, levels: Sequence[int]) -> int | None:
-    """Seconds to wait before the next attempt, or None: bury the job.
+class Settlement:
+    """The consumer's settling side: one per consumer, on its connection."""
 
-    `retry_count` is how many retries the job has had; a job that failed
-    for the first time has 0 and waits ``levels[0]``.
-    """
-    if 0 <= retry_count < len(levels):
-        return levels[retry_count]
-    return None
+    def __init__(self, channel: amqp.Channel, settle_channel: amqp.Channel, settings: Settings,
+                 partition: str, queue: str, coordinator: CoordinatorLink,
+                 callbacks: Callbacks) -> None:
+        self.channel = channel  # the consuming channel: acks and rejects go there
+        self.settle_channel = settle_channel
+        self.settings = settings
+        self.partition, self.queue = partition, queue
+        self.label = f"{partition}/{queue}"
+        self.coordinator = coordinator
+        self.callbacks = callbacks
+        self.acks = AckBatcher()
+        self.settled = 0
+
+    def __repr__(self) -> str:
+        return (f"<Settlement {self.label}: {self.settled} settled, "
+                f"{len(self.acks.outstanding)} unacked>")
+
+    def delivered(self, tag: int) -> None:
+        """A new delivery: it will be acked (or requeued) in tag order."""
+        self.acks.delivered(tag)
+
+    def settle(self, tag: int, job: Record, disposition: str, error_text: str | None = None,
+               reason: str = "error", holds_exec_key: bool = False) -> None:
+        """Settle delivery `tag` per `disposition` (see `roger.partition.policy`)."""
+        if disposition == "retry":
+            publish_retry(self.settle_channel, self.settings, job, error_text or "")
+        elif disposition == "bury":
+            publish_buried(self.settle_channel, self.settings, job, reason, error_text or "")
+        # Keys are released before the ack: a crash in between runs the job
+        # again (at least once) rather than leaving a key taken forever.
+        if job.queue_key is not None and disposition != "retry":
+            self.coordinator.release_queue_key(job)
+        if holds_exec_key:
+            self.coordinator.release_exec(job)
+        self.acks.settled(tag)
+        self.settled += 1
+
+    def lost(self, tag: int, job: Record, outcome: Outcome, exitcode: int | None,
+             holds_exec_key: bool) -> None:
+        """Settle a job whose worker was killed (timeout) or died (crashed)."""
+        if outcome == "timeout":
+            error: Exception = JobTimeout(
+                f"job ran longer than max_execution_time={job.max_execution_time} s")
+        else:
+            error = WorkerCrashed(exitcode if exitcode is not None and exitcode >= 0 else None,
+                                  signal_name(exitcode))
+        text = f"{type(error).__name__}: {error}"
+        log.error("[%s] job %s (%s) failed: %s", self.label, job.id, job.name, text)
+        decision = decide(job, outcome, self.settings.retry_levels)
+        # The worker that held before_run's state is gone: state is None.
+        fire(self.callbacks, decision, self.partition, job, error=error,
+             traceback=f"{text} (job {job.id} in worker of {self.label})\n")
+        self.settle(tag, job, decision.disposition, text, decision.reason, holds_exec_key)
+
+    def cancelled(self, tag: int, job: Record) -> None:
+        """Settle a cancelled job (skipped when dequeued, or its worker killed)."""
+        log.info("[%s] job %s (%s) cancelled", self.label, job.id, job.name)
+        fire(self.callbacks, decide(job, "cancelled", self.settings.retry_levels),
+             self.partition, job)
+        # A cancelled job may hold its execution key without having run: the
+        # coordinator handed it over when the job left the waiting queue.
+        self.settle(tag, job, "cancelled", holds_exec_key=job.execution_key is not None)
+
+    def reject(self, tag: int, body: bytes, props: dict, error: BadMessage) -> None:
+        """Move a message that is not a valid job aside, with its reason, and ack it."""
+        log.error("[%s] message %s rejected (%s): %s", self.label, props.get("message_id", "?"),
+                  error.reason, error)
+        publish_rejected(self.settle_channel, self.settings, self.partition, self.queue,
+                         body, props.get("application_headers") or {}, error.reason,
+                         detail=error.detail or None, content_type=props.get("content_type"),
+                         message_id=props.get("message_id"))
+        self.acks.settled(tag)
+
+    def ack(self, tag: int) -> None:
+        """Ack a delivery that was handled without settling a job (parked elsewhere)."""
+        self.acks.settled(tag)
+
+    def requeue(self, tag: int) -> None:
+        """Hand a delivery back to RabbitMQ (it was not ours to run after all)."""
+        self.acks.forget(tag)
+        try:
+            self.channel.basic_reject(tag, requeue=True)
+        except Exception:  # the connection is gone: the broker requeues anyway
+            pass
+
+    def flush(self) -> None:
+        """Send the acks of this loop turn: one `multiple` ack per run of settled deliveries."""
+        for tag, multiple in self.acks.flush():
+            self.channel.basic_ack(tag, multiple=multiple)
 
 
 def truncate(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
@@ -70,7 +164,7 @@ def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_
     """Republish `job` with ``retry_count + 1`` to its next retry queue.
 
     Returns the delay in seconds. Raises `ValueError` when no retry level is
-    left (use `retry_or_bury`, or `publish_buried`). `error_text` is not
+    left (bury it with `publish_buried`). `error_text` is not
     carried (the job's history belongs to callbacks and logs); it is kept
     in the signature so retry and bury are called alike.
     """
@@ -83,7 +177,7 @@ def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_
     retried = copy.copy(job)
     retried.retry_count = job.retry_count + 1
     item = Outgoing(
-        broker.retry_queue_name(partition, queue, delay),
+        topology.retry_queue_name(partition, queue, delay),
         message.encode(retried),
         message_id=job.id,
     )
@@ -103,7 +197,7 @@ def publish_buried(
     """
     partition, queue = _where(job)
     item = Outgoing(
-        broker.buried_queue_name(partition, queue),
+        topology.buried_queue_name(partition, queue),
         message.encode(job),
         headers={
             REASON_HEADER: reason,
@@ -142,27 +236,13 @@ def publish_rejected(
     if isinstance(body, str):  # py-amqp decodes bodies that name an encoding
         body = body.encode()
     item = Outgoing(
-        broker.rejected_queue_name(partition, queue),
+        topology.rejected_queue_name(partition, queue),
         body,
         headers=new_headers,
         message_id=message_id,
         content_type=content_type,
     )
     _publish(channel, settings, partition, queue, item)
-
-
-def retry_or_bury(
-    channel: amqp.Channel, settings: Settings, job: Record, error_text: str, reason: str = "error"
-) -> int | None:
-    """Retry `job` if a retry level is left, else bury it.
-
-    Returns the retry delay in seconds, or None when the job was buried
-    (the consumer then fires ``on_buried``).
-    """
-    if next_delay(job.retry_count, settings.retry_levels) is None:
-        publish_buried(channel, settings, job, reason, error_text)
-        return None
-    return publish_retry(channel, settings, job, error_text)
 
 
 def _where(job: Record) -> tuple[str, str]:
@@ -176,8 +256,8 @@ def _publish(
     channel: amqp.Channel, settings: Settings, partition: str, queue: str, item: Outgoing
 ) -> None:
     try:
-        broker.publish_confirmed(channel, [item], settings.confirm_timeout)
+        publish.publish_confirmed(channel, [item], settings.confirm_timeout)
     except Unroutable:
         # The queue was deleted under us: declare the family again, once.
-        broker.declare_queues(channel, settings, partition, queue)
-        broker.publish_confirmed(channel, [item], settings.confirm_timeout)
+        topology.declare_queues(channel, settings, partition, queue)
+        publish.publish_confirmed(channel, [item], settings.confirm_timeout)

@@ -1,33 +1,70 @@
-"""A partition: one supervisor process with one consumer per queue.
+"""The partition supervisor: one process per partition, the parent of its coordinator and consumers.
 
-Its children are the partition's coordinator (see `roger.global_state`)
-and the queues' consumers (one_for_one: a crashing consumer never disturbs
-its siblings). It answers its node's requests to reconfigure
-its queues and to report status. Its queue dict is shared with the consumer
-specs, so a consumer restarted after a reconfiguration comes back with its
-current worker count, not the one it first started with.
+Its children are the partition's coordinator (`roger.partition.coordinator`)
+and one consumer per queue (`roger.partition.consumer`), one_for_one: a
+crashing consumer never disturbs its siblings. It answers its node's
+requests, `Reconfigure` and `PartitionStatus`, defined here beside their
+handler. Its queue dict is shared with the consumer specs, so a consumer
+restarted after a reconfiguration comes back with its current worker
+count, not the one it first started with.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
+from roger.partition import consumer, coordinator
 from roger.partition.consumer import run_consumer
 from roger.partition.coordinator import run_coordinator
-from supervision import ChildSpec, Supervisor, SupervisorGone
+from roger.settings import Settings
+from supervision import ChildSpec, Supervisor, SupervisorAPI, SupervisorGone
+
+__all__ = ["PartitionStatus", "Reconfigure", "reconfigure", "run_partition", "status"]
 
 log = logging.getLogger("roger.partition")
-
-COORDINATOR = "roger.global"  # queue names have no dot: no clash with a consumer's id
 
 # A consumer that keeps crashing (say, its queue cannot be declared) makes
 # its partition give up after this many restarts; the node then lists the
 # partition as waiting and retries it with backoff.
 INTENSITY, PERIOD = 5, 30.0
+STATUS_TIMEOUT = 5.0  # a busy or dying child must not hold up the node's status
 
 
-def consumer_spec(partition: str, queue: str, queues: dict[str, int], settings: Any
+def start_timeout(settings: Settings) -> float:
+    """How long one AMQP child may take to connect, declare and subscribe."""
+    return 2 * settings.connect_timeout + 10.0
+
+
+# ---------------------------------------------------------- requests from the node
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """Call: make the partition's queues exactly `queues`; answers its status."""
+
+    queues: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """Call: ``{"queues": {queue: consumer status}, "coordinator": {...}}``."""
+
+
+def reconfigure(sup: SupervisorAPI, partition: str, queues: dict[str, int],
+                timeout: float) -> dict:
+    return sup.call_child(partition, Reconfigure(dict(queues)), timeout)
+
+
+def status(sup: SupervisorAPI, partition: str, timeout: float) -> dict:
+    return sup.call_child(partition, PartitionStatus(), timeout)
+
+
+# -------------------------------------------------------------------- the process
+
+
+def consumer_spec(partition: str, queue: str, queues: dict[str, int], settings: Settings
                   ) -> ChildSpec:
     return ChildSpec(
         queue, _start_consumer, args=(partition, queue, queues, settings),
@@ -35,89 +72,104 @@ def consumer_spec(partition: str, queue: str, queues: dict[str, int], settings: 
         # The consumer waits up to shutdown_timeout for its jobs by itself.
         shutdown=settings.shutdown_timeout + 5.0,
         notify_ready=True,
-        start_timeout=2 * settings.connect_timeout + 10.0,
+        start_timeout=start_timeout(settings),
     )
 
 
-def coordinator_spec(partition: str, settings: Any) -> ChildSpec:
+def coordinator_spec(partition: str, settings: Settings) -> ChildSpec:
     # First child: on a fresh cluster, this node's coordinator is subscribed
     # (and so can answer) before its consumers ask for the partition's state.
-    return ChildSpec(COORDINATOR, run_coordinator, args=(partition, settings),
-                     notify_ready=True, start_timeout=2 * settings.connect_timeout + 10.0,
-                     shutdown=5.0)
+    return ChildSpec(coordinator.CHILD_ID, run_coordinator, args=(partition, settings),
+                     notify_ready=True, start_timeout=start_timeout(settings), shutdown=5.0)
 
 
-def _start_consumer(partition: str, queue: str, queues: dict[str, int], settings: Any) -> None:
+def _start_consumer(partition: str, queue: str, queues: dict[str, int],
+                    settings: Settings) -> None:
     run_consumer(partition, queue, queues[queue], settings)
 
 
-def run_partition(name: str, partitions: dict[str, dict[str, int]], settings: Any) -> None:
+def run_partition(name: str, partitions: dict[str, dict[str, int]], settings: Settings) -> None:
     """Partition supervisor process main."""
-    queues = dict(partitions[name])
-    sup = Supervisor(
-        [coordinator_spec(name, settings),
-         *(consumer_spec(name, q, queues, settings) for q in queues)],
-        strategy="one_for_one", intensity=INTENSITY, period=PERIOD,
-        name=f"partition {name}",
-        handler=lambda s, payload: _handle(s, name, queues, settings, payload),
-        on_shutdown=_drain_all,
-    )
-    sup.run()
+    PartitionSupervisor(name, dict(partitions[name]), settings).sup.run()
 
 
-def _drain_all(sup: Supervisor) -> None:
-    # Consumers are stopped one by one (reverse order), but they should all
-    # stop consuming and start waiting for their jobs at the same moment.
-    for child in sup.which_children():
-        if child.state == "running":
-            try:
-                sup.cast_child(child.id, ("drain",))
-            except SupervisorGone:
-                pass
+class PartitionSupervisor:
+    """The roger side of a partition's `Supervisor`: its queues and its requests."""
 
+    def __init__(self, name: str, queues: dict[str, int], settings: Settings) -> None:
+        self.name, self.queues, self.settings = name, queues, settings
+        self.sup = Supervisor(
+            [coordinator_spec(name, settings),
+             *(consumer_spec(name, q, queues, settings) for q in queues)],
+            strategy="one_for_one", intensity=INTENSITY, period=PERIOD,
+            name=f"partition {name}", handler=self._handle, on_shutdown=self._drain_all,
+        )
 
-def _handle(sup: Supervisor, name: str, queues: dict[str, int], settings: Any,
-            payload: Any) -> Any:
-    op = payload[0]
-    if op == "reconfigure":
-        return _reconfigure(sup, name, queues, settings, dict(payload[1]))
-    if op == "status":
-        return status(sup, queues)
-    raise ValueError(f"partition {name}: unknown request {op!r}")
+    def __repr__(self) -> str:
+        return f"<PartitionSupervisor {self.name!r} queues={self.queues}>"
 
+    def _handle(self, sup: Supervisor, payload: Any) -> Any:
+        if isinstance(payload, Reconfigure):
+            return self.reconfigure(payload.queues)
+        if isinstance(payload, PartitionStatus):
+            return self.status()
+        raise ValueError(f"partition {self.name}: unknown request {payload!r}")
 
-def _reconfigure(sup: Supervisor, name: str, queues: dict[str, int], settings: Any,
-                 wanted: dict[str, int]) -> dict:
-    for queue in [q for q in queues if q not in wanted]:
-        sup.terminate_child(queue)
-        sup.delete_child(queue)
-        del queues[queue]
-        log.info("[%s] queue %s stopped", name, queue)
-    for queue, workers in wanted.items():
-        if queue not in queues:
-            queues[queue] = workers
-            sup.start_child(consumer_spec(name, queue, queues, settings))
-            log.info("[%s] queue %s started with %d workers", name, queue, workers)
-        elif queues[queue] != workers:
-            queues[queue] = workers
-            sup.call_child(queue, ("set_workers", workers), timeout=30.0)
-    return status(sup, queues)
+    def _drain_all(self, sup: Supervisor) -> None:
+        # Consumers are stopped one by one (reverse order), but they should all
+        # stop consuming and start waiting for their jobs at the same moment.
+        for child in sup.which_children():
+            if child.state == "running" and child.id in self.queues:
+                try:
+                    consumer.drain(sup, child.id)
+                except SupervisorGone:
+                    pass
 
+    def reconfigure(self, wanted: dict[str, int]) -> dict:
+        sup, queues = self.sup, self.queues
+        for queue in [q for q in queues if q not in wanted]:
+            sup.terminate_child(queue)
+            sup.delete_child(queue)
+            del queues[queue]
+            log.info("[%s] queue %s stopped", self.name, queue)
+        for queue, workers in wanted.items():
+            if queue not in queues:
+                queues[queue] = workers
+                sup.start_child(consumer_spec(self.name, queue, queues, self.settings))
+                log.info("[%s] queue %s started with %d workers", self.name, queue, workers)
+            elif queues[queue] != workers:
+                queues[queue] = workers
+                consumer.set_workers(sup, queue, workers)
+        return self.status()
 
-def status(sup: Supervisor, queues: dict[str, int]) -> dict:
-    """{queue: consumer status} for the queues of this partition."""
-    out: dict[str, Any] = {}
-    for child in sup.which_children():
-        if child.id not in queues:
-            continue
+    def status(self) -> dict:
+        """The queues' consumer statuses, and the coordinator's."""
+        out: dict[str, Any] = {}
+        coordinator_status: dict[str, Any] = {}
+        for child in self.sup.which_children():
+            if child.id == coordinator.CHILD_ID:
+                coordinator_status = self._ask(child, lambda: coordinator.status(
+                    self.sup, STATUS_TIMEOUT))
+                continue
+            if child.id not in self.queues:
+                continue
+            if child.state != "running":
+                info = {"queue": child.id, "max_workers": self.queues.get(child.id),
+                        "consuming": False, "pid": None}
+            else:
+                info = self._ask(child, lambda c=child: consumer.status(
+                    self.sup, c.id, STATUS_TIMEOUT))
+                info.setdefault("queue", child.id)
+                info.setdefault("max_workers", self.queues.get(child.id))
+            info["restarts"] = child.restarts
+            out[child.id] = info
+        return {"queues": out, "coordinator": coordinator_status}
+
+    @staticmethod
+    def _ask(child: Any, call: Any) -> dict:
         if child.state != "running":
-            out[child.id] = {"queue": child.id, "max_workers": queues.get(child.id),
-                             "consuming": False, "pid": None, "restarts": child.restarts}
-            continue
+            return {"pid": None}
         try:
-            info = sup.call_child(child.id, ("status",), timeout=5.0)
-        except Exception as e:  # a busy or dying consumer must not break status
-            info = {"queue": child.id, "max_workers": queues.get(child.id), "error": str(e)}
-        info["restarts"] = child.restarts
-        out[child.id] = info
-    return out
+            return dict(call())
+        except Exception as e:  # a busy or dying child must not break status
+            return {"error": str(e)}

@@ -10,7 +10,8 @@ frame. Everything that can go wrong inside `perform` (any `BaseException`,
 Frames, consumer -> worker: ``struct("!QB")`` (delivery tag, redelivered)
 then the message body. Worker -> consumer: ``b"D" + tag`` when done, or
 ``b"E" + tag + JSON`` ({"disposition", "error", "traceback"}) on error,
-where the disposition is ``retry``, ``bury`` or ``drop`` (not retryable).
+where the disposition is ``retry``, ``bury`` or ``failed`` (not retryable; see
+`roger.partition.policy`).
 The kind byte is lower case (``d``, ``e``) on a worker's last job before it
 recycles itself, so that the pool does not hand it another.
 """
@@ -28,7 +29,9 @@ from typing import Any
 
 from roger import message, registry
 from roger.callbacks import Callbacks
-from roger.partition.settlement import next_delay
+from roger.partition.policy import decide, fire
+from roger.record import Record
+from roger.settings import Settings
 
 log = logging.getLogger("roger.worker")
 
@@ -52,7 +55,7 @@ def decode_outcome(frame: bytes) -> tuple[int, dict | None, bool]:
     return tag, json.loads(frame[1 + TAG.size:]), last
 
 
-def run_worker(partition: str, queue: str, settings: Any, conn: Any, inherited: list[Any],
+def run_worker(partition: str, queue: str, settings: Settings, conn: Any, inherited: list[Any],
                max_jobs: int | None = None) -> None:
     """Worker process main: serve jobs from `conn` until EOF or `max_jobs` jobs.
 
@@ -88,31 +91,24 @@ def run_worker(partition: str, queue: str, settings: Any, conn: Any, inherited: 
     log.debug("[%s/%s] worker %d recycled after %d jobs", partition, queue, os.getpid(), done)
 
 
-def _execute(partition: str, queue: str, job: Any, tag: int, callbacks: Callbacks,
+def _execute(partition: str, queue: str, job: Record, tag: int, callbacks: Callbacks,
              retry_levels: list[int]) -> bytes:
     state = callbacks.call("before_run", partition, job)
     try:
         result = job.perform(job.args)
     except BaseException as error:  # noqa: B036 - a job's SystemExit is the job's error
         tb = traceback.format_exc()
-        callbacks.call("on_error", partition, job, error, tb, state)
-        disposition = decide(job, retry_levels)
-        log.log(logging.WARNING if disposition == "retry" else logging.ERROR,
+        decision = decide(job, "error", retry_levels)
+        fire(callbacks, decision, partition, job, error=error, traceback=tb, state=state)
+        log.log(logging.WARNING if decision.disposition == "retry" else logging.ERROR,
                 "[%s/%s] job %s (%s) failed: %r; %s", partition, queue, job.id, job.name,
-                error, disposition)
-        if disposition == "bury":
-            callbacks.call("on_buried", partition, job, error, tb, state)
-        detail = {"disposition": disposition, "error": _describe(error), "traceback": tb}
+                error, decision.disposition)
+        detail = {"disposition": decision.disposition, "error": _describe(error),
+                  "traceback": tb}
         return ERROR + TAG.pack(tag) + json.dumps(detail).encode()
-    callbacks.call("after_run", partition, job, result, state)
+    fire(callbacks, decide(job, "done", retry_levels), partition, job, result=result,
+         state=state)
     return DONE + TAG.pack(tag)
-
-
-def decide(job: Any, retry_levels: list[int]) -> str:
-    """``retry`` while retry levels remain, then ``bury``; ``drop`` if not retryable."""
-    if not job.retryable:
-        return "drop"
-    return "retry" if next_delay(job.retry_count, retry_levels) is not None else "bury"
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,209 @@
+"""Admission: which delivery runs, and when.
+
+A decoded delivery is, in this order:
+
+- skipped (settled as cancelled) if its job id was cancelled;
+- moved aside (``duplicate_id``) if a job with its id is already running in
+  this consumer;
+- held until the coordinator grants its execution key, or parked FIFO in the
+  key's waiting queue when another job holds it;
+- run at once by an idle worker, or queued in the backlog, in arrival order,
+  until one is free (the prefetch is the pool's size, so it rarely waits).
+
+Running jobs are tracked here with their deadline (`max_execution_time`):
+one that overruns, or is cancelled, has its worker killed, and the pool
+reports the loss to `Settlement.lost`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from roger.errors import BadMessage
+from roger.partition.coordinator_link import CoordinatorLink
+from roger.partition.pool import WorkerPool
+from roger.partition.settlement import Settlement
+from roger.record import Record
+
+__all__ = ["Admission", "Delivery", "Inflight"]
+
+log = logging.getLogger("roger.consumer")
+
+
+@dataclass
+class Delivery:
+    """A decoded delivery on its way to a worker."""
+
+    tag: int
+    redelivered: bool
+    body: bytes
+    job: Record
+    props: dict
+
+
+@dataclass
+class Inflight:
+    """A job running in a worker."""
+
+    job: Record
+    slot_id: str
+    started: float
+    deadline: float | None
+    kill_reason: str | None = None  # "timeout" or "cancelled" once its worker is being killed
+
+
+class Admission:
+    """The deliveries of one consumer between their arrival and their settlement."""
+
+    def __init__(self, label: str, pool: WorkerPool, coordinator: CoordinatorLink,
+                 settlement: Settlement) -> None:
+        self.label = label
+        self.pool = pool
+        self.coordinator = coordinator
+        self.settlement = settlement
+        self.inflight: dict[int, Inflight] = {}
+        self.backlog: deque[Delivery] = deque()
+        self.acquired: set[str] = set()  # ids of jobs holding their execution key here
+
+    def __repr__(self) -> str:
+        return (f"<Admission {self.label}: {len(self.inflight)} running, "
+                f"{len(self.backlog)} waiting for a worker, {len(self.acquired)} holding keys>")
+
+    # ----------------------------------------------------------------- arrival
+
+    def receive(self, delivery: Delivery) -> None:
+        job = delivery.job
+        if self.coordinator.is_cancelled(job.id):
+            self._cancelled(delivery)
+        elif any(entry.job.id == job.id for entry in self.inflight.values()):
+            # The same job published twice and delivered together: running it
+            # twice at once is never wanted; the copy is moved aside.
+            self.settlement.reject(delivery.tag, delivery.body, delivery.props, BadMessage(
+                "duplicate_id", f"job {job.id} is already running in this consumer"))
+        elif job.execution_key is not None and job.id not in self.acquired:
+            self.coordinator.acquire(job, delivery)
+        else:
+            self._admit(delivery)
+
+    def key_answered(self, delivery: Delivery, ok: bool, draining: bool) -> None:
+        """The coordinator's answer to `acquire` for `delivery`'s execution key."""
+        job = delivery.job
+        if draining:
+            if ok:
+                self.coordinator.release_exec(job)
+            self.settlement.requeue(delivery.tag)
+        elif ok:
+            self.acquired.add(job.id)
+            self._admit(delivery)
+        else:
+            # Another job holds the key: wait in line (FIFO) in its waiting queue.
+            log.info("[%s] job %s waits for execution key %s", self.label, job.id,
+                     job.execution_key)
+            self.coordinator.park(job, delivery.body, job.queue)
+            self.settlement.ack(delivery.tag)
+
+    def _admit(self, delivery: Delivery) -> None:
+        if self.pool.has_capacity() and not self.backlog:
+            self._run(delivery)
+        else:
+            self.backlog.append(delivery)
+
+    def _run(self, delivery: Delivery) -> None:
+        job = delivery.job
+        slot = self.pool.dispatch(delivery.tag, delivery.redelivered, delivery.body)
+        now = time.monotonic()
+        limit = job.max_execution_time
+        job.started_at = int(time.time() * 1000)
+        self.inflight[delivery.tag] = Inflight(job, slot.id, now, now + limit if limit else None)
+        log.debug("[%s] job %s (%s) started in worker %d", self.label, job.id, job.name,
+                  slot.pid)
+
+    def _cancelled(self, delivery: Delivery) -> None:
+        self.acquired.discard(delivery.job.id)
+        self.settlement.cancelled(delivery.tag, delivery.job)
+
+    # -------------------------------------------------------------- every turn
+
+    def dispatch_backlog(self) -> None:
+        """Start waiting deliveries while workers are free."""
+        while self.backlog and self.pool.has_capacity():
+            delivery = self.backlog.popleft()
+            if self.coordinator.is_cancelled(delivery.job.id):
+                self._cancelled(delivery)
+            else:
+                self._run(delivery)
+
+    def check_deadlines(self) -> None:
+        now = time.monotonic()
+        for entry in list(self.inflight.values()):
+            if entry.deadline is not None and entry.kill_reason is None and now >= entry.deadline:
+                entry.kill_reason = "timeout"
+                log.warning("[%s] job %s (%s) exceeded max_execution_time %s s; killing worker",
+                            self.label, entry.job.id, entry.job.name,
+                            entry.job.max_execution_time)
+                self.pool.kill(entry.slot_id)
+
+    def next_deadline(self, now: float) -> float:
+        """Seconds until the next running job's deadline (inf when none)."""
+        deadlines = [e.deadline for e in self.inflight.values()
+                     if e.deadline is not None and e.kill_reason is None]
+        return min(deadlines) - now if deadlines else float("inf")
+
+    def cancel_running(self, job_id: str) -> None:
+        """Kill the worker running `job_id`, if it runs here; its loss settles it."""
+        for entry in self.inflight.values():
+            if entry.job.id == job_id and entry.kill_reason is None:
+                entry.kill_reason = "cancelled"
+                log.info("[%s] job %s cancelled while running; killing its worker",
+                         self.label, job_id)
+                self.pool.kill(entry.slot_id)
+                return
+
+    # --------------------------------------------------------------- departure
+
+    def finished(self, tag: int, error: dict | None) -> None:
+        """A worker answered for `tag`: settle per the disposition it decided."""
+        entry = self.inflight.pop(tag, None)
+        if entry is None:
+            return
+        holds = self._release_hold(entry.job)
+        if error is None:
+            log.debug("[%s] job %s done", self.label, entry.job.id)
+            self.settlement.settle(tag, entry.job, "done", holds_exec_key=holds)
+        else:
+            self.settlement.settle(tag, entry.job, error["disposition"], error["error"],
+                                   holds_exec_key=holds)
+
+    def lost(self, tag: int, exitcode: int | None, closing: bool) -> None:
+        """The worker running `tag` died or was killed."""
+        entry = self.inflight.pop(tag, None)
+        if entry is None:
+            return
+        if closing:  # the consumer is stopping: the job goes back to the queue
+            self.settlement.requeue(tag)
+            return
+        if entry.kill_reason == "cancelled":
+            self._cancelled(Delivery(tag, False, b"", entry.job, {}))
+            return
+        outcome = "timeout" if entry.kill_reason == "timeout" else "crashed"
+        self.settlement.lost(tag, entry.job, outcome, exitcode, self._release_hold(entry.job))
+
+    def _release_hold(self, job: Record) -> bool:
+        if job.id in self.acquired:
+            self.acquired.discard(job.id)
+            return True
+        return False
+
+    def requeue_backlog(self) -> None:
+        """Hand the deliveries that have not started back to RabbitMQ."""
+        while self.backlog:
+            self.settlement.requeue(self.backlog.popleft().tag)
+
+    def requeue_running(self) -> None:
+        """Hand back the jobs of workers that are gone (the consumer is closing)."""
+        for tag in list(self.inflight):
+            self.inflight.pop(tag)
+            self.settlement.requeue(tag)
