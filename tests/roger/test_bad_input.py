@@ -6,11 +6,12 @@ import json
 
 import kombu
 import pytest
-from roger_fixtures import BROKER, queue_depth, wait_for
 from testjobs import CrashAlways, EatMemory, Raise, Record, read
 
 import roger
 from roger.node.root import Node
+from tests.helpers import wait_for
+from tests.roger.support import BROKER, queue_depth
 
 
 def events(out, kind):

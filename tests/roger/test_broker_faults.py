@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
-from roger_fixtures import wait_for
 from testjobs import Record, RetryableWaitForKill, read
 
 import roger
 from roger.node.root import Node
-
-
-def rabbitmqctl(*args: str, timeout: float = 60) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from tests.helpers import rabbitmqctl, wait_for
 
 
 def ends(out):

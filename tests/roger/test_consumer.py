@@ -8,7 +8,6 @@ import signal
 from collections import Counter
 
 import kombu
-from roger_fixtures import BROKER, queue_depth, wait_for
 from testjobs import (
     Fail,
     Hang,
@@ -20,6 +19,8 @@ from testjobs import (
 
 from roger import admin, info, producer
 from roger.node.root import Node
+from tests.helpers import wait_for
+from tests.roger.support import BROKER, queue_depth
 
 
 def events(out, kind):

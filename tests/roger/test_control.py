@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from roger_fixtures import delete_queues, queue_depth, queue_names, wait_for
 from testjobs import Record, WaitForKill, read
 
 import roger
@@ -21,6 +20,8 @@ from roger.control import MAX_LINE, Client, bind_socket, find_socket
 from roger.errors import ControlError
 from roger.node.control_server import MAX_CONNECTIONS
 from roger.node.root import Node
+from tests.helpers import wait_for
+from tests.roger.support import delete_queues, queue_depth, queue_names
 
 
 class Raw:

@@ -10,14 +10,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from roger_fixtures import BROKER, delete_queues, queue_names, wait_for
 from testjobs import Record, read
 
 from roger.control import Client
 from roger.node.root import Node
 from roger.settings import DEFAULT_RETRY_LEVELS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, wait_for
+from tests.roger.support import child_env, delete_queues, queue_names
 
 
 def children() -> set[int]:
@@ -139,7 +138,7 @@ def test_two_nodes_side_by_side(make_settings, partition, out):
 
 
 def test_the_embedding_example_runs(tmp_path):
-    env = dict(os.environ, ROGER_BROKER_URL=BROKER, ROGER_STATE_DIR=str(tmp_path / "state"))
+    env = child_env(ROGER_STATE_DIR=str(tmp_path / "state"))
     try:
         done = subprocess.run([sys.executable, str(ROOT / "examples" / "embedded.py")],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
