@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from roger import config
+from roger.node.root import Node
 from roger.settings import Settings
 from tests.roger.support import BROKER, delete_partition
 
@@ -34,6 +35,13 @@ def make_settings(tmp_path: Path):
         config.configure(settings)
         return settings
     return make
+
+
+@pytest.fixture
+def node(make_settings, partition):
+    """A running node serving `partition` with one worker."""
+    with Node(make_settings(partitions={partition: {"default": 1}})) as n:
+        yield n
 
 
 @pytest.fixture

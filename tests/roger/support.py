@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import kombu
 
@@ -36,19 +38,20 @@ def queue_names(partition: str, queues: list[str], levels: list[int]) -> list[st
 
 
 def delete_queues(names: list[str], exchanges: list[str] = ()) -> None:
+    """Delete these queues and exchanges where they exist; missing ones are no error."""
     with kombu.Connection(BROKER) as conn:
-        for name in names:
-            ch = conn.channel()
-            with suppress(Exception):
-                ch.queue_delete(name)
-            with suppress(Exception):
-                ch.close()
-        for name in exchanges:
-            ch = conn.channel()
-            with suppress(Exception):
-                ch.exchange_delete(name)
-            with suppress(Exception):
-                ch.close()
+        _delete_each(conn, names, lambda ch, name: ch.queue_delete(name))
+        _delete_each(conn, exchanges, lambda ch, name: ch.exchange_delete(name))
+
+
+def _delete_each(conn: kombu.Connection, names: list[str],
+                 delete: Callable[[Any, str], object]) -> None:
+    for name in names:
+        ch = conn.channel()  # a failed delete closes its channel: a fresh one for each
+        with suppress(Exception):
+            delete(ch, name)
+        with suppress(Exception):
+            ch.close()
 
 
 def queue_depth(name: str) -> int:

@@ -7,15 +7,11 @@ import signal
 import time
 
 import pytest
-from testjobs import Record, RetryableWaitForKill, read
+from testjobs import Record, RetryableWaitForKill, ends, read
 
 import roger
 from roger.node.root import Node
 from tests.helpers import rabbitmqctl, wait_for
-
-
-def ends(out):
-    return [e for e in read(out) if e["event"] == "end"]
 
 
 def enqueue_eventually(job, partition, timeout=60.0):

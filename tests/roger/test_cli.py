@@ -12,7 +12,6 @@ import pytest
 import roger
 from roger.cli import main
 from roger.cli.format import jobs_text, partitions_text, status_text, table
-from roger.node.root import Node
 from tests.roger.support import BROKER, child_env
 
 COMMANDS = ("run", "ctl", "enqueue", "info", "cancel", "pause", "resume", "purge", "buried")
@@ -22,12 +21,6 @@ def roger_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The installed entry point, as an operator runs it (`python -m roger`)."""
     return subprocess.run([sys.executable, "-m", "roger", *args], env=child_env(), cwd=cwd,
                           capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def node(make_settings, partition):
-    with Node(make_settings(partitions={partition: {"default": 1}})) as n:
-        yield n
 
 
 def test_help_lists_every_command_with_examples(tmp_path):

@@ -8,17 +8,13 @@ from collections import Counter
 
 import multiprocess
 import pytest
-from testjobs import Keyed, Record, WaitForKill, read
+from testjobs import Keyed, Record, WaitForKill, events
 
 import roger
 from roger import info
 from roger.node.root import Node
 from tests.helpers import alive, wait_for
 from tests.roger.support import queue_depth
-
-
-def events(out, kind):
-    return [e for e in read(out) if e["event"] == kind]
 
 
 @pytest.fixture

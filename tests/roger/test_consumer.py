@@ -14,6 +14,7 @@ from testjobs import (
     Record,
     RetryableWaitForKill,
     WaitForKill,
+    events,
     read,
 )
 
@@ -21,10 +22,6 @@ from roger import admin, info, producer
 from roger.node.root import Node
 from tests.helpers import wait_for
 from tests.roger.support import BROKER, queue_depth
-
-
-def events(out, kind):
-    return [e for e in read(out) if e["event"] == kind]
 
 
 def test_jobs_run_once_each_in_worker_processes(partition, make_settings, out):

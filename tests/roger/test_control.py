@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from testjobs import Record, WaitForKill, read
+from testjobs import Record, WaitForKill, ends, read
 
 import roger
 from roger.control import MAX_LINE, Client, bind_socket, find_socket
@@ -60,12 +60,6 @@ class Raw:
         self.sock.close()
 
 
-@pytest.fixture
-def node(make_settings, partition):
-    with Node(make_settings(partitions={partition: {"default": 1}})) as n:
-        yield n
-
-
 def ctl(node: Node) -> Client:
     return Client(node.settings.control_socket, timeout=60)
 
@@ -73,10 +67,6 @@ def ctl(node: Node) -> Client:
 def forget(partition: str) -> None:
     """Delete the queues of a partition a test made beside its `partition` fixture."""
     delete_queues(queue_names(partition, ["default", "other"], [1]))
-
-
-def ends(out):
-    return [e for e in read(out) if e["event"] == "end"]
 
 
 # ------------------------------------------------------------------ commands

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from testjobs import Record, read
+from testjobs import Record, ends, read
 
 from roger.control import Client
 from roger.node.root import Node
@@ -61,7 +61,7 @@ def test_start_stop_20_times_leaks_no_process_and_no_fd(make_settings, partition
     # connection in this process) are in the baseline, not counted as leaks.
     with Node(settings):
         job = Record.create({"out": out}).enqueue(partition)
-        wait_for(lambda: [e for e in read(out) if e["event"] == "end"], what="job")
+        wait_for(lambda: ends(out), what="job")
         assert read(out)[-1]["id"] == job.id
     kids, fds = children(), open_fds()
     for i in range(20):
@@ -130,7 +130,7 @@ def test_two_nodes_side_by_side(make_settings, partition, out):
             a.stop()
             # The second node is on its own and still serves the shared partition.
             job = Record.create({"out": out}).enqueue(partition)
-            wait_for(lambda: [e for e in read(out) if e["event"] == "end"], what="job")
+            wait_for(lambda: ends(out), what="job")
             assert read(out)[-1]["id"] == job.id
             assert b.status()["running"][mine]
     finally:

@@ -11,15 +11,11 @@ from pathlib import Path
 
 import kombu
 import pytest
-from testjobs import Record, read
+from testjobs import Record, ends, read
 
 from roger.node.root import Node
 from tests.helpers import alive, wait_for
 from tests.roger.support import BROKER, child_env, delete_queues, queue_depth, queue_names
-
-
-def ends(out):
-    return [e for e in read(out) if e["event"] == "end"]
 
 
 def queues_of(node, partition):
