@@ -3,9 +3,8 @@
 import os
 import signal
 
-from supervision_helpers import Proc, sleep_forever, tree_pids, wait_dead
-
 from supervision import ChildSpec, Supervisor
+from tests.supervision.support import Proc, sleep_forever, tree_pids, wait_dead
 
 
 def three_levels(events=None):

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
-from roger_fixtures import wait_for
-from testjobs import Record, RetryableWaitForKill, read
+from testjobs import Record, RetryableWaitForKill, ends, read
 
 import roger
 from roger import Node
-
-
-def rabbitmqctl(*args: str, timeout: float = 60) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def ends(out):
-    return [e for e in read(out) if e["event"] == "end"]
+from tests.helpers import rabbitmqctl, wait_for
 
 
 def enqueue_eventually(job, partition, timeout=60.0):

@@ -19,6 +19,7 @@ from roger import config, message
 from roger.amqp import broker, publish, topology
 from roger.partition import policy, settlement
 from roger.settings import Settings
+from tests.helpers import wait_for
 
 RABBIT = "127.0.0.1:5672"
 
@@ -88,15 +89,6 @@ def drain(rabbit, queue_name):
         out.append(msg)
     channel.close()
     return out
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_enqueue_lands_a_persistent_json_message_in_a_durable_quorum_queue(partition, rabbit):
@@ -191,7 +183,8 @@ def test_retry_queue_dead_letters_back_to_main_after_its_ttl(partition, rabbit, 
 
     assert delay == 1
     assert count(rabbit, f"{partition}-default.retry.1") == 1
-    assert wait_for(lambda: count(rabbit, f"{partition}-default") == 1, timeout=5)
+    wait_for(lambda: count(rabbit, f"{partition}-default") == 1, timeout=5,
+             what="the retried job back in its queue")
     [msg] = drain(rabbit, f"{partition}-default")
     back = message.decode(msg.body, msg.properties["content_type"])
     assert (back.id, back.retry_count) == (job.id, 1)

@@ -6,10 +6,10 @@ import sys
 import time
 
 import pytest
-from supervision_helpers import exit_with, flag, serve, sleep_forever, tree_pids, wait_dead
 
 import supervision
 from supervision import ChildSpec, Supervisor
+from tests.supervision.support import exit_with, flag, serve, sleep_forever, tree_pids, wait_dead
 
 
 def end_first_run(flag_path, how):

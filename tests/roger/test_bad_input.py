@@ -6,16 +6,12 @@ import json
 
 import kombu
 import pytest
-from roger_fixtures import BROKER, queue_depth, wait_for
-from testjobs import CrashAlways, EatMemory, Raise, Record, read
+from testjobs import CrashAlways, EatMemory, Raise, Record, events
 
 import roger
 from roger import Node
-
-
-def events(out, kind):
-    return [e for e in read(out) if e["event"] == kind]
-
+from tests.helpers import wait_for
+from tests.roger.support import BROKER, queue_depth
 
 VALID = {"v": 1, "id": "0" * 32, "name": "testjobs:Record", "args": {"out": "/dev/null"},
          "queue_key": None, "execution_key": None, "retry_count": 0, "queued_at": 0,

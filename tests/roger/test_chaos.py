@@ -9,16 +9,11 @@ dead-lettered, never lost. The broker is restored whatever happens.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # benchmarks/ is not an installed package
-
-from benchmarks.chaos import FAULT_KINDS, ChaosConfig, run  # noqa: E402
+from benchmarks.chaos import FAULT_KINDS, ChaosConfig, run
 
 
 @pytest.mark.timeout(420)  # bounded waits inside; this only guards against a hang

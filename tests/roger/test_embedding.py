@@ -10,14 +10,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from roger_fixtures import BROKER, delete_queues, queue_names, wait_for
-from testjobs import Record, read
+from testjobs import Record, ends, read
 
 from roger import Node
 from roger.control import Client
 from roger.settings import DEFAULT_RETRY_LEVELS
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, wait_for
+from tests.roger.support import child_env, delete_queues, queue_names
 
 
 def children() -> set[int]:
@@ -62,7 +61,7 @@ def test_start_stop_20_times_leaks_no_process_and_no_fd(make_settings, partition
     # connection in this process) are in the baseline, not counted as leaks.
     with Node(settings):
         job = Record.create({"out": out}).enqueue(partition)
-        wait_for(lambda: [e for e in read(out) if e["event"] == "end"], what="job")
+        wait_for(lambda: ends(out), what="job")
         assert read(out)[-1]["id"] == job.id
     kids, fds = children(), open_fds()
     for i in range(20):
@@ -131,7 +130,7 @@ def test_two_nodes_side_by_side(make_settings, partition, out):
             a.stop()
             # The second node is on its own and still serves the shared partition.
             job = Record.create({"out": out}).enqueue(partition)
-            wait_for(lambda: [e for e in read(out) if e["event"] == "end"], what="job")
+            wait_for(lambda: ends(out), what="job")
             assert read(out)[-1]["id"] == job.id
             assert b.status()["running"][mine]
     finally:
@@ -139,7 +138,7 @@ def test_two_nodes_side_by_side(make_settings, partition, out):
 
 
 def test_the_embedding_example_runs(tmp_path):
-    env = dict(os.environ, ROGER_BROKER_URL=BROKER, ROGER_STATE_DIR=str(tmp_path / "state"))
+    env = child_env(ROGER_STATE_DIR=str(tmp_path / "state"))
     try:
         done = subprocess.run([sys.executable, str(ROOT / "examples" / "embedded.py")],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)

@@ -3,7 +3,6 @@
 import time
 
 import pytest
-from supervision_helpers import exit_with, serve, sleep_forever
 
 import supervision
 from supervision import (
@@ -16,6 +15,7 @@ from supervision import (
     Supervisor,
 )
 from supervision.process import _ctx
+from tests.supervision.support import exit_with, serve, sleep_forever
 
 
 def ready_after(seconds, path):

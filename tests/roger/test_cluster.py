@@ -8,15 +8,12 @@ from collections import Counter
 
 import multiprocess
 import pytest
-from roger_fixtures import queue_depth, wait_for
-from testjobs import Keyed, Record, WaitForKill, read
+from testjobs import Keyed, Record, WaitForKill, events
 
 import roger
 from roger import Node, info
-
-
-def events(out, kind):
-    return [e for e in read(out) if e["event"] == kind]
+from tests.helpers import alive, wait_for
+from tests.roger.support import queue_depth
 
 
 @pytest.fixture
@@ -32,14 +29,6 @@ def nodes():
     for node in started:
         if node.pid is not None:
             node.stop(timeout=15)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill_node(node: Node) -> None:
@@ -128,7 +117,7 @@ def test_cancel_a_running_job_on_another_node(partition, make_settings, nodes, o
     roger.cancel(partition, job.id)
     cancels = wait_for(lambda: events(out, "on_cancel"), what="on_cancel")
     wait_for(lambda: queue_depth(f"{partition}-default") == 0, what="ack")
-    wait_for(lambda: not _alive(pid), what="worker killed")
+    wait_for(lambda: not alive(pid), what="worker killed")
     assert [c["id"] for c in cancels] == [job.id]
     assert events(out, "on_error") == []
     assert len(events(out, "on_cancel")) == 1

@@ -11,16 +11,11 @@ from pathlib import Path
 
 import kombu
 import pytest
-from roger_fixtures import BROKER, queue_depth, wait_for
-from testjobs import Record, read
+from testjobs import Record, ends, read
 
 from roger import Node
-
-TESTS = Path(__file__).resolve().parent
-
-
-def ends(out):
-    return [e for e in read(out) if e["event"] == "end"]
+from tests.helpers import alive, wait_for
+from tests.roger.support import BROKER, child_env, delete_queues, queue_depth, queue_names
 
 
 def queues_of(node, partition):
@@ -84,7 +79,6 @@ def test_crash_loop_in_one_partition_never_disturbs_another(make_settings, out, 
             wait_for(lambda: ends(out), what="job in the quiet partition")
             assert ends(out)[0]["id"] == job.id
     finally:
-        from roger_fixtures import delete_queues, queue_names
         delete_queues(queue_names(other, ["default"], [1]))
 
 
@@ -118,19 +112,10 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _run_node(partition, tmp_path, *extra, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=str(TESTS), ROGER_BROKER_URL=BROKER,
-               ROGER_IMPORTS='["testjobs"]', ROGER_SHUTDOWN_TIMEOUT="5",
-               ROGER_STATE_DIR=str(tmp_path / "state"),
-               ROGER_PARTITIONS=f'{{"{partition}": {{"default": 2}}}}')
+    env = child_env(ROGER_IMPORTS='["testjobs"]', ROGER_SHUTDOWN_TIMEOUT="5",
+                    ROGER_STATE_DIR=str(tmp_path / "state"),
+                    ROGER_PARTITIONS=f'{{"{partition}": {{"default": 2}}}}')
     env.update(env_extra or {})
     return subprocess.Popen([sys.executable, "-m", "roger.supervisor", *extra], env=env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -152,7 +137,7 @@ def test_python_m_roger_supervisor_serves_and_stops_on_sigterm(partition, make_s
         proc.kill()
     assert proc.returncode == 0, output
     assert [e["id"] for e in ends(out)] == [job.id]  # the running job finished
-    assert not [p for p in tree if _alive(p)]
+    assert not [p for p in tree if alive(p)]
 
 
 def test_sigkill_of_the_root_leaves_no_process_behind(partition, make_settings, tmp_path, out):
@@ -164,7 +149,7 @@ def test_sigkill_of_the_root_leaves_no_process_behind(partition, make_settings, 
         tree = _descendants(proc.pid)
         proc.kill()
         proc.wait(10)
-        wait_for(lambda: not [p for p in tree if _alive(p)], timeout=3, what="no orphans")
+        wait_for(lambda: not [p for p in tree if alive(p)], timeout=3, what="no orphans")
     finally:
         proc.kill()
     # The job was not acked: RabbitMQ has it back.
@@ -172,7 +157,7 @@ def test_sigkill_of_the_root_leaves_no_process_behind(partition, make_settings, 
 
 
 def test_invalid_settings_fail_at_start_naming_the_field(tmp_path):
-    env = dict(os.environ, ROGER_PARTITIONS='{"p": {"default": -1}}')
+    env = child_env(ROGER_PARTITIONS='{"p": {"default": -1}}')
     done = subprocess.run([sys.executable, "-m", "roger.supervisor"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
@@ -194,7 +179,7 @@ def test_a_second_signal_cuts_the_shutdown_wait_and_requeues(partition, make_set
     finally:
         proc.kill()
     assert ends(out) == []
-    assert not [p for p in tree if _alive(p)]
+    assert not [p for p in tree if alive(p)]
     wait_for(lambda: queue_depth(f"{partition}-default") == 1, what="job requeued")
 
 

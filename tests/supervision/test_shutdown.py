@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
-from supervision_helpers import append_line, sleep_forever, tree_pids, wait_dead
 
 import supervision
 from supervision import ChildSpec, Supervisor
+from tests.supervision.support import append_line, sleep_forever, tree_pids, wait_dead
 
 
 def note_sigterm(path, name):

@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from roger_fixtures import BROKER
 
 import roger
-from roger import Node
 from roger.cli import main
 from roger.cli.format import jobs_text, partitions_text, status_text, table
+from tests.roger.support import BROKER, child_env
 
-TESTS = Path(__file__).resolve().parent
 COMMANDS = ("run", "ctl", "enqueue", "info", "cancel", "pause", "resume", "purge", "buried")
 
 
 def roger_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The installed entry point, as an operator runs it (`python -m roger`)."""
-    env = dict(os.environ, PYTHONPATH=str(TESTS), ROGER_BROKER_URL=BROKER)
-    return subprocess.run([sys.executable, "-m", "roger", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "roger", *args], env=child_env(), cwd=cwd,
                           capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def node(make_settings, partition):
-    with Node(make_settings(partitions={partition: {"default": 1}})) as n:
-        yield n
 
 
 def test_help_lists_every_command_with_examples(tmp_path):
@@ -41,7 +31,8 @@ def test_help_lists_every_command_with_examples(tmp_path):
     for command in (["ctl"], ["ctl", "reconfigure_partition"], ["info", "queued"],
                     ["pause"], ["run"]):
         text = subprocess.run([sys.executable, "-m", "roger", *command, "--help"],
-                              capture_output=True, text=True, timeout=60).stdout
+                              env=child_env(), capture_output=True, text=True,
+                              timeout=60).stdout
         assert "example" in text and f"roger {' '.join(command)}" in text, command
 
 

@@ -13,14 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from roger_fixtures import delete_queues, queue_depth, queue_names, wait_for
-from testjobs import Record, WaitForKill, read
+from testjobs import Record, WaitForKill, ends, read
 
 import roger
 from roger import Node
 from roger.control import MAX_LINE, Client, bind_socket, find_socket
 from roger.errors import ControlError
 from roger.node.control_server import MAX_CONNECTIONS
+from tests.helpers import wait_for
+from tests.roger.support import delete_queues, queue_depth, queue_names
 
 
 class Raw:
@@ -59,12 +60,6 @@ class Raw:
         self.sock.close()
 
 
-@pytest.fixture
-def node(make_settings, partition):
-    with Node(make_settings(partitions={partition: {"default": 1}})) as n:
-        yield n
-
-
 def ctl(node: Node) -> Client:
     return Client(node.settings.control_socket, timeout=60)
 
@@ -72,10 +67,6 @@ def ctl(node: Node) -> Client:
 def forget(partition: str) -> None:
     """Delete the queues of a partition a test made beside its `partition` fixture."""
     delete_queues(queue_names(partition, ["default", "other"], [1]))
-
-
-def ends(out):
-    return [e for e in read(out) if e["event"] == "end"]
 
 
 # ------------------------------------------------------------------ commands

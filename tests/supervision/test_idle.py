@@ -2,9 +2,8 @@
 
 import time
 
-from supervision_helpers import CLK_TCK, ready_then_sleep, tree_pids
-
 from supervision import ChildSpec, Supervisor
+from tests.supervision.support import CLK_TCK, ready_then_sleep, tree_pids
 
 
 def test_an_idle_tree_of_50_children_uses_under_1_percent_cpu(trees):

@@ -1,7 +1,6 @@
 """Runtime control from another process, dynamic supervisors, and the errors they raise."""
 
 import pytest
-from supervision_helpers import Proc, serve, sleep_forever
 
 from supervision import (
     ChildExists,
@@ -13,6 +12,7 @@ from supervision import (
     SupervisorGone,
     UnknownChild,
 )
+from tests.supervision.support import Proc, serve, sleep_forever
 
 
 def test_dynamic_children_controlled_from_another_process(trees):

@@ -1,4 +1,4 @@
-"""Shared tools for the supervision tests: event recording, /proc inspection, cleanup.
+"""Tools for the supervision tests: event recording, /proc inspection, cleanup.
 
 The supervisors under test run in other processes, so what they report is
 recorded by `Events`, an ``on_event`` callable that appends each event to a
@@ -21,6 +21,7 @@ from typing import Any
 
 import supervision
 from supervision import Event, SupervisorHandle
+from tests.helpers import proc_stat, wait_for
 
 ANY = object()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -97,18 +98,6 @@ def describe(e: Event) -> str:
 
 # ---------------------------------------------------------------- /proc
 
-def proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat (field 1 is index 0), or None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm (field 2) may hold spaces: split after its closing parenthesis.
-    head, _, tail = data.rpartition(")")
-    return [head.split(" (", 1)[0], head.split(" (", 1)[1], *tail.split()]
-
-
 class Proc:
     """A process identified by pid *and* start time, so pid reuse is no confusion."""
 
@@ -137,22 +126,10 @@ class Proc:
         return f"<pid {self.pid} {self.state()}>"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `predicate` until it returns something true; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.01)
-
-
 def wait_dead(procs: Iterable[Proc], timeout: float) -> None:
     """Every process in `procs` exits (gone or zombie) within `timeout` s."""
     procs = list(procs)
-    wait_until(lambda: not any(p.alive() for p in procs), timeout,
+    wait_for(lambda: not any(p.alive() for p in procs), timeout,
                f"all of {procs} dead")
 
 

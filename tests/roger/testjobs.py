@@ -33,6 +33,16 @@ def read(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in complete if line.strip()]
 
 
+def events(path: str | Path, kind: str) -> list[dict]:
+    """The records in `path` of one kind (``"start"``, ``"end"``, ``"on_error"``...)."""
+    return [e for e in read(path) if e["event"] == kind]
+
+
+def ends(path: str | Path) -> list[dict]:
+    """The records of jobs that finished."""
+    return events(path, "end")
+
+
 class Record(Job):
     """Records its start and end; sleeps `sleep` seconds in between."""
 

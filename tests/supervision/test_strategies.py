@@ -4,9 +4,10 @@ import os
 import signal
 
 import pytest
-from supervision_helpers import Proc, sleep_forever, wait_dead, wait_until
 
 from supervision import ChildSpec, Supervisor
+from tests.helpers import wait_for
+from tests.supervision.support import Proc, sleep_forever, wait_dead
 
 IDS = ["a", "b", "c", "d"]
 
@@ -81,7 +82,7 @@ def test_simultaneous_crashes_are_each_handled_once(trees, strategy):
         try:
             # kill() returns before the stop takes effect: a supervisor still
             # running could see the first death in a turn of its own.
-            wait_until(lambda: supervisor.state() == "T", 5, "supervisor stopped")
+            wait_for(lambda: supervisor.state() == "T", 5, "supervisor stopped")
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             wait_dead(procs, 5)  # zombies, all reported by the next wait() at once

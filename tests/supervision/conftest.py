@@ -1,7 +1,6 @@
 import pytest
-from supervision_helpers import Trees
 
-pytest_plugins = ["roger_fixtures"]  # fixtures for tests that run real nodes
+from tests.supervision.support import Trees
 
 
 @pytest.fixture

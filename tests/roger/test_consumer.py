@@ -8,21 +8,19 @@ import signal
 from collections import Counter
 
 import kombu
-from roger_fixtures import BROKER, queue_depth, wait_for
 from testjobs import (
     Fail,
     Hang,
     Record,
     RetryableWaitForKill,
     WaitForKill,
+    events,
     read,
 )
 
 from roger import Node, admin, info, producer
-
-
-def events(out, kind):
-    return [e for e in read(out) if e["event"] == kind]
+from tests.helpers import wait_for
+from tests.roger.support import BROKER, queue_depth
 
 
 def test_jobs_run_once_each_in_worker_processes(partition, make_settings, out):

@@ -4,9 +4,8 @@ import logging
 import os
 import signal
 
-from supervision_helpers import flag, sleep_forever
-
 from supervision import ChildSpec, Supervisor
+from tests.supervision.support import flag, sleep_forever
 
 
 def exit_once(flag_path, code):

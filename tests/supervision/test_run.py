@@ -7,10 +7,10 @@ import time
 
 import pytest
 from multiprocess.connection import wait
-from supervision_helpers import Proc, exit_with, serve, sleep_forever
 
 from supervision import ChildSpec, DynamicSupervisor, Supervisor, SupervisorGone
 from supervision.process import _ctx
+from tests.supervision.support import Proc, exit_with, serve, sleep_forever
 
 
 def run_in_plain_process(trees, sup):

@@ -1,0 +1,48 @@
+"""Fixtures for tests that run real nodes on the local RabbitMQ."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from roger import Node, config
+from roger.settings import Settings
+from tests.roger.support import BROKER, delete_partition
+
+
+@pytest.fixture
+def partition(request):
+    """A fresh partition name; its queues are deleted afterwards.
+
+    So are those of ``name + "b"``, the second partition some tests derive.
+    """
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_partition(name)
+    delete_partition(name + "b")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):
+    def make(**fields) -> Settings:
+        base = dict(broker_url=BROKER, imports=["testjobs"],
+                    node_name=f"test-{uuid.uuid4().hex[:6]}", retry_levels=[1],
+                    shutdown_timeout=5.0, state_dir=str(tmp_path / "state"))
+        settings = Settings(**(base | fields))
+        config.configure(settings)
+        return settings
+    return make
+
+
+@pytest.fixture
+def node(make_settings, partition):
+    """A running node serving `partition` with one worker."""
+    with Node(make_settings(partitions={partition: {"default": 1}})) as n:
+        yield n
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> str:
+    return str(tmp_path / "events.jsonl")
