@@ -111,7 +111,7 @@ class RogerSystem(System):
         self.settings = roger.Settings(**self.fields)
         roger.configure(self.settings)  # Job.enqueue uses the process-wide settings
         # No close_producer: roger's public API has no way to close the driver's
-        # publishing connection (its internals, roger.broker, are about to move),
+        # publishing connection (its internals are not public API),
         # so it lives as long as the driver, as in a user's process; roger
         # reconnects by itself when RabbitMQ dropped it while idle.
         self._next = 0

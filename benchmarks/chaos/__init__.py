@@ -24,7 +24,7 @@ bounded drain deadline passes), every confirmed job id is classified:
 - **still queued** at the deadline (a node failed to recover);
 - **lost**: none of the above. Must be 0.
 
-The short form (`ChaosConfig.short`, run by ``tests/test_chaos.py``) injects
+The short form (`ChaosConfig.short`, run by ``tests/roger/test_chaos.py``) injects
 each fault kind exactly once, in a fixed order, each on a healthy system.
 
 The broker is always restored (``start_app``, memory watermark 0.4, SIGCONT

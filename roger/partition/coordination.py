@@ -1,7 +1,7 @@
 """Asking a partition's coordinator: queue keys, cancellation, pause and resume.
 
 These are the cluster-wide operations: whichever node's coordinator is
-active for the partition answers (see `roger.global_state`). Plain jobs
+active for the partition answers (see `roger.partition.coordinator`). Plain jobs
 (no keys) never come here.
 """
 
