@@ -183,6 +183,11 @@ class Settings(BaseSettings):
         None, gt=0, description="Recycle a worker after this many jobs; None: never."
     )
     min_workers: int = Field(0, ge=0, description="Workers kept alive while a queue is idle.")
+    idle_after: float = Field(
+        30.0, ge=0,
+        description="Seconds without a message after which a queue gives back its consumer, "
+                    "workers and connection (watched from one shared connection); 0 disables.",
+    )
     max_message_bytes: int = Field(
         1_048_576, gt=0, description="Largest message body accepted, in bytes."
     )

@@ -8,6 +8,7 @@ import random
 import signal
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--short", action="store_true",
                    help="the test's form: one of each fault, fixed order (--jobs still applies)")
+    p.add_argument("--idle-after", type=float, default=0.0,
+                   help="roger's idle_after for the nodes: > 0 makes queues fall idle and wake "
+                        "throughout the run (default 0: they never do)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="also write the report here")
     args = p.parse_args(argv)
     if args.short:
-        cfg = ChaosConfig.short(args.workdir, jobs=args.jobs)
+        cfg = replace(ChaosConfig.short(args.workdir, jobs=args.jobs),
+                      idle_after=args.idle_after)
     else:
         seed = args.seed if args.seed is not None else random.randrange(1 << 30)
         cfg = ChaosConfig(jobs=args.jobs, duration=args.duration, seed=seed,
-                          workdir=args.workdir)
+                          workdir=args.workdir, idle_after=args.idle_after)
     with _terminate_as_exit():
         report = run(cfg)
     text = report.render()

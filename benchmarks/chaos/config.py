@@ -60,6 +60,7 @@ class ChaosConfig:
     stop_for: float | None = None  # SIGSTOP length; default 3 heartbeats + 1 s
     alarm_for: float = 5.0  # seconds the memory alarm lasts
     drain_timeout: float = 180.0
+    idle_after: float = 0.0  # > 0: queues keep falling idle and waking (roger's idle_after)
     workdir: Path | None = None
     broker_url: str = BROKER_URL
 

@@ -72,7 +72,7 @@ class ChaosNode:
             return ctl.request("status")
 
     def healthy(self, partitions: dict[str, dict[str, int]]) -> bool:
-        """Every partition running here, every consumer subscribed."""
+        """Every partition running here, every queue consumed (or idle, watched)."""
         if not self.alive():
             return False
         try:
@@ -82,7 +82,8 @@ class ChaosNode:
         running = status.get("running", {})
         for p, queues in partitions.items():
             qs = running.get(p, {}).get("queues", {})
-            if not all(isinstance(qs.get(q), dict) and qs[q].get("consuming") for q in queues):
+            if not all(isinstance(qs.get(q), dict)
+                       and (qs[q].get("consuming") or qs[q].get("idle")) for q in queues):
                 return False
         return True
 

@@ -93,7 +93,9 @@ class Report:
             f"{c.jobs} numbered jobs into 2 partitions x 2 queues, 2 nodes x {c.workers} "
             f"workers per queue, {c.duration:g} s of faults "
             f"({'one of each kind, fixed order' if c.deterministic else f'random, seed {c.seed}'}"
-            f"), heartbeat {c.heartbeat:g} s; run took {self.run_seconds:.0f} s "
+            f"), heartbeat {c.heartbeat:g} s"
+            f"{f', idle_after {c.idle_after:g} s' if c.idle_after else ''}"
+            f"; run took {self.run_seconds:.0f} s "
             f"(drain {self.drain_seconds:.0f} s). Both nodes serving every queue again at "
             f"the end: {'yes' if self.recovered else 'NO'}.",
             "",

@@ -57,6 +57,7 @@ class ChaosRun:
             "ROGER_SHUTDOWN_TIMEOUT": str(cfg.shutdown_timeout),
             "ROGER_CONFIRM_TIMEOUT": str(cfg.confirm_timeout),
             "ROGER_RETRY_LEVELS": json.dumps(list(cfg.retry_levels)),
+            "ROGER_IDLE_AFTER": str(cfg.idle_after),
         }
         self.nodes = [ChaosNode(f"chaos-{self.run_id}-n{i}", self.workdir, env) for i in (1, 2)]
         self.producer_settings = roger.Settings(

@@ -5,7 +5,8 @@ socket, the link to its supervisor, a signal wakeup (SIGTERM, SIGINT) and
 whatever the subclass adds (a consumer's worker pipes). Each turn it:
 
 1. reads what the socket holds and dispatches every whole frame in it
-   (one read per wakeup: see `roger.amqp.frames`), then `on_frames()`;
+   (one read per wakeup: see `roger.amqp.frames`), then runs the work that
+   AMQP callbacks queued (`later`), one item at a time;
 2. answers its supervisor's calls (`handle_call`) and casts (`handle_cast`);
 3. hands a signal, or a supervisor that went away, to `on_stop()`;
 4. runs `on_turn(ready)`, the subclass's own work;
@@ -27,6 +28,8 @@ import logging
 import os
 import selectors
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from amqp.exceptions import ConsumerCancelled
@@ -86,14 +89,34 @@ class Service:
         self.tick = heartbeat_tick(settings)
         self._selector = selectors.DefaultSelector()
         self._watching: Any = None  # what the epoll set was built for
+        self.inbox: deque[tuple[Callable[..., None], tuple]] = deque()
 
     # ------------------------------------------------------------ the hooks
 
     def setup(self) -> None:
         """Declare and subscribe on `self.conn` (before the supervisor hears "ready")."""
 
+    def later(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """Wrap an AMQP callback so that it only queues its work for the loop.
+
+        py-amqp runs callbacks inside the frame dispatch, and our work itself
+        waits on the connection (confirms, declarations, basic_get): done
+        right there it would nest one wait in another, and the inner one can
+        take the outer one's reply (or run another callback in the middle of
+        this one). The loop runs the queued work after the frames are
+        dispatched, one item at a time.
+        """
+        return lambda *args: self.inbox.append((fn, args))
+
+    def run_inbox(self) -> None:
+        """Run the work AMQP callbacks queued, in order (see `later`)."""
+        while self.inbox:
+            fn, args = self.inbox.popleft()
+            fn(*args)
+
     def on_frames(self) -> None:
-        """Runs after the frames of a read were dispatched."""
+        """Runs after the frames of a read were dispatched: by default, the inbox."""
+        self.run_inbox()
 
     def on_turn(self, ready: set[Any]) -> None:
         """The subclass's work of one turn; `ready` are the readable objects."""
@@ -145,13 +168,15 @@ class Service:
         self.wakeup = Wakeup()
         self.parent = supervision.parent() if supervision.is_supervised() else None
         delay = BACKOFF_FIRST
+        ready = not self.notify_ready
         while True:
             code = ExitCode.NO_BROKER
             try:
                 self._connect()
                 self.setup()
-                if self.notify_ready:
+                if not ready:
                     supervision.ready()
+                    ready = True
                 code = ExitCode.CONNECTION_LOST
                 self._loop()
                 return
@@ -161,6 +186,9 @@ class Service:
                     log.error("[%s] %s: %s", self.label, _what(code), e)
                     raise SystemExit(code) from None
                 log.warning("[%s] %s: %s; retrying in %.1f s", self.label, _what(code), e, delay)
+                if not ready:  # its supervisor must not wait for the broker to come back
+                    supervision.ready()
+                    ready = True
             finally:
                 self.close()
             if self._wait_for_signal(delay):

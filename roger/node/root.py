@@ -20,11 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from roger.node.idle import IdleQueues
+from roger.node.watcher import Wake
 from roger.partition import supervisor as partition_supervisor
-from roger.partition.supervisor import run_partition, start_timeout
+from roger.partition.supervisor import QueueIdle, run_partition, start_timeout
 from roger.settings import Settings, check_partition_name, check_queues
 from supervision import ChildSpec, Event, StartFailed, Supervisor
 
@@ -119,28 +122,39 @@ class Root:
         # partition -> times its supervisor exited on its own (each one is
         # started again, after waiting): the partitions' restart counts.
         self.restarts: dict[str, int] = {}
+        self.idle = IdleQueues(settings, self.partitions)
+        # What children report (queues falling idle, messages waking them),
+        # handled from the loop's timers: never inside another call.
+        self.reports: deque[QueueIdle | Wake] = deque()
+        watcher = self.idle.spec()
         self.sup = Supervisor(
-            children, name=f"roger node {settings.node_name}", intensity=10, period=10.0,
+            (*children, *([watcher] if watcher else [])),
+            name=f"roger node {settings.node_name}", intensity=10, period=10.0,
             on_event=self._on_event, handler=self._handle, on_start=self._start_all,
         )
+        self.idle.sup = self.sup
 
     def __repr__(self) -> str:
         return (f"<Root {self.settings.node_name!r}: partitions {sorted(self.partitions)}, "
-                f"waiting {sorted(self.waiting)}>")
+                f"waiting {sorted(self.waiting)}, {self.idle!r}>")
 
     def spec(self, name: str) -> ChildSpec:
         s = self.settings
+        awake = len(set(self.partitions[name]) - self.idle.idle_queues(name))
         return ChildSpec(
-            name, run_partition, args=(name, self.partitions, s), type="supervisor",
-            restart="temporary",
+            name, run_partition, args=(name, self.partitions, s, self.idle.idle),
+            type="supervisor", restart="temporary",
             shutdown=s.shutdown_timeout + 10.0,
             # The coordinator and each consumer start one after the other.
-            start_timeout=(len(self.partitions[name]) + 1) * start_timeout(s) + 5.0,
+            start_timeout=(awake + 1) * start_timeout(s) + 5.0,
         )
 
     def start_timeout(self) -> float:
-        """How long starting every configured partition may take."""
-        return sum(self.spec(n).start_timeout for n in self.partitions)
+        """How long starting the node may take: its awake partitions, and its watcher."""
+        watcher = self.idle.spec()
+        return (sum(self.spec(n).start_timeout for n in self.partitions
+                    if n not in self.idle.dormant)
+                + (watcher.start_timeout if watcher is not None else 0.0))
 
     # ------------------------------------------------------------ partitions
 
@@ -149,7 +163,8 @@ class Root:
             self._try_start(name)
 
     def _try_start(self, name: str) -> bool:
-        if name not in self.partitions or self._running(name) or self.sup.stopping:
+        if (name not in self.partitions or name in self.idle.dormant or self._running(name)
+                or self.sup.stopping):
             return False
         try:
             self.sup.start_child(self.spec(name))
@@ -174,9 +189,52 @@ class Root:
         return any(c.id == name and c.state == "running" for c in self.sup.which_children())
 
     def _on_event(self, event: Event) -> None:
-        if event.kind == "exited" and event.child_id in self.partitions and not self.sup.stopping:
+        if event.kind == "message" and isinstance(event.payload, (QueueIdle, Wake)):
+            self.reports.append(event.payload)
+            self.sup.call_later(0, self._handle_reports)
+        elif (event.kind == "exited" and event.child_id in self.partitions
+              and not self.sup.stopping):
             self.restarts[event.child_id] = self.restarts.get(event.child_id, 0) + 1
             self._wait(event.child_id, f"its supervisor exited: {event.reason}")
+
+    # ----------------------------------------------------------- idle queues
+
+    def _handle_reports(self) -> None:
+        while self.reports and not self.sup.stopping:
+            report = self.reports.popleft()
+            if isinstance(report, Wake):
+                self._wake(report.partition, report.queue)
+            else:
+                self._queue_idle(report.partition, report.queue)
+
+    def _wake(self, name: str, queue: str) -> None:
+        """A message arrived in an idle queue: start its consumer (and partition)."""
+        if not self.idle.wake(name, queue):
+            return  # awake already, or stopped meanwhile
+        if name in self.idle.dormant:
+            self.idle.dormant.discard(name)
+            self._try_start(name)
+        elif self._running(name):
+            try:
+                partition_supervisor.wake(self.sup, name, queue, CALL_TIMEOUT)
+            except Exception as e:  # the partition is dying: it restarts with the queue awake
+                log.warning("[%s/%s] could not wake the queue: %s", name, queue, e)
+        self.idle.tell(name)  # after the start: the partition's coordinator is up
+
+    def _queue_idle(self, name: str, queue: str) -> None:
+        if name not in self.partitions or not self._running(name):
+            return
+        if self.idle.queue_fell_idle(name, queue):
+            self._fall_asleep(name)
+        else:
+            self.idle.tell(name)
+
+    def _fall_asleep(self, name: str) -> None:
+        """Every queue is idle: the watcher takes over before the partition goes."""
+        log.info("partition %s is idle: stopping its processes; the watcher keeps it", name)
+        self.idle.fall_asleep(name)
+        if self._running(name):
+            self.sup.terminate_child(name)
 
     # --------------------------------------------------------------- requests
 
@@ -199,15 +257,25 @@ class Root:
         if name in self.partitions:
             raise ValueError(f"partition {name!r} is already configured on this node")
         self.partitions[name] = check_queues(queues)
-        if not self._try_start(name):
+        if self.idle.enabled:
+            self.idle.fall_asleep(name)  # its queues wake as messages come
+        elif not self._try_start(name):
             log.warning("partition %s did not start; it is waiting", name)
         return self.status()
 
     def reconfigure_partition(self, name: str, queues: dict[str, int]) -> dict:
         self._known(name)
         self.partitions[name] = check_queues(queues)
-        if self._running(name):
-            partition_supervisor.reconfigure(self.sup, name, self.partitions[name], CALL_TIMEOUT)
+        if name in self.idle.dormant:
+            self.idle.fall_asleep(name)  # the new queues are watched too
+        elif self._running(name):
+            answer = partition_supervisor.reconfigure(self.sup, name, self.partitions[name],
+                                                      CALL_TIMEOUT)
+            self.idle.set_idle(name, set(answer.get("idle", ())))
+            if self.idle.all_idle(name):
+                self._fall_asleep(name)
+            else:
+                self.idle.tell(name)
         return self.status()
 
     def stop_partition(self, name: str) -> dict:
@@ -217,17 +285,21 @@ class Root:
         self.restarts.pop(name, None)
         if self._running(name):
             self.sup.terminate_child(name)
+        self.idle.forget(name)
         return self.status()
 
     def restart_partition(self, name: str) -> dict:
         self._known(name)
         if self._running(name):
             self.sup.terminate_child(name)
+        self.idle.wake_all(name)  # every queue starts awake, and may fall idle again
         self._try_start(name)
+        self.idle.tell(name)
         return self.status()
 
     def status(self) -> dict:
         running: dict[str, Any] = {}
+        view = self.idle.view()
         for child in self.sup.which_children():
             if child.state != "running" or child.id not in self.partitions:
                 continue  # the node's own processes (control, system) are not partitions
@@ -237,6 +309,10 @@ class Root:
                 answer = {"queues": {"error": str(e)}, "coordinator": {}}
             running[child.id] = {"pid": child.pid, "restarts": self.restarts.get(child.id, 0),
                                  **answer}
+            self.idle.fill(child.id, running[child.id], view)
+        for name in sorted(self.idle.dormant):
+            running[name] = {"pid": None, "restarts": self.restarts.get(name, 0)}
+            self.idle.fill(name, running[name], view)
         return {
             "node": self.settings.node_name,
             "pid": os.getpid(),

@@ -15,6 +15,12 @@ A job's path through it, in the order of the files:
 3. `roger.partition.settlement`: the outcome is settled and the delivery
    acked.
 
+Idle (`idle_after` seconds without a delivery, nothing running or waiting):
+cancel the subscription, and exit with code 0 unless a delivery arrived
+meanwhile. The partition supervisor does not restart it; the node's watcher
+(`roger.node.watcher`) watches the queue instead and wakes it on the next
+message.
+
 Shutdown (SIGTERM from the partition supervisor, or a `Drain` cast): stop
 consuming, hand prefetched jobs back, wait up to `shutdown_timeout` for
 running jobs, then kill the rest and reject them with requeue: a job is
@@ -26,8 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,14 +104,15 @@ class Consumer(Service):
         self.draining = False
         self.drain_deadline = 0.0
         self.closing = False
+        self.idle = False  # set when it gave its queue back (see `_go_idle`)
+        self.going_idle = False
+        self.last_active = time.monotonic()
         # Made by `setup`, once connected.
         self.channel: amqp.Channel
         self.coordinator: CoordinatorLink
         self.settlement: Settlement
         self.admission: Admission
         self.pool: WorkerPool | None = None
-        # Work that AMQP callbacks queue for the loop (see `_later`).
-        self.inbox: deque[tuple[Callable[..., None], tuple]] = deque()
 
     def __repr__(self) -> str:
         state = ("closing" if self.closing else "draining" if self.draining
@@ -126,8 +131,8 @@ class Consumer(Service):
         # own channel before the original delivery is acked.
         settle_channel = self.conn.channel()
         self.coordinator = CoordinatorLink(self.conn, self.settings, self.partition,
-                                           self._later(self._on_broadcast),
-                                           self._later(self._on_key))
+                                           self.later(self._on_broadcast),
+                                           self.later(self._on_key))
         self.coordinator.start()
         self.settlement = Settlement(self.channel, settle_channel, self.settings,
                                      self.partition, self.queue, self.coordinator, callbacks)
@@ -158,24 +163,55 @@ class Consumer(Service):
 
     # ------------------------------------------------------------ loop hooks
 
-    def on_frames(self) -> None:
-        self._run_inbox()
-
     def on_turn(self, ready: set[Any]) -> None:
         assert self.pool is not None
         self.pool.handle(ready)
-        self._run_inbox()  # settling drains the socket too
+        self.run_inbox()  # settling drains the socket too
         self.admission.check_deadlines()
         if not self.draining:
             self.admission.dispatch_backlog()
         self.settlement.flush()
+        if self._busy():
+            self.last_active = time.monotonic()
+        elif self._idle_for() >= self.settings.idle_after > 0 and not self.draining:
+            self._go_idle()
 
     def timeout(self) -> float:
         now = time.monotonic()
         timeout = self.admission.next_deadline(now)
         if self.draining:
             timeout = min(timeout, self.drain_deadline - now)
+        if self.settings.idle_after > 0:
+            timeout = min(timeout, self.settings.idle_after - self._idle_for())
         return timeout
+
+    def _busy(self) -> bool:
+        return bool(self.admission.inflight or self.admission.backlog
+                    or self.coordinator.pending)
+
+    def _idle_for(self) -> float:
+        return time.monotonic() - self.last_active
+
+    def _go_idle(self) -> None:
+        """Give the queue back: cancel, then exit unless a delivery slipped in.
+
+        Deliveries that arrive before RabbitMQ confirms the cancel are ours
+        and run as usual; then the consumer stays. After the confirm none
+        can come: the next message waits in the queue for the watcher.
+        """
+        self.going_idle = True
+        try:
+            self._unsubscribe()
+            self.run_inbox()
+        finally:
+            self.going_idle = False
+        if self._busy():
+            self.last_active = time.monotonic()
+            self._subscribe()
+            return
+        self.idle = True
+        log.info("[%s] idle for %g s: giving the queue back to the node's watcher",
+                 self.label, self.settings.idle_after)
 
     def watch_key(self) -> Any:
         return self.pool.generation if self.pool is not None else None
@@ -187,6 +223,8 @@ class Consumer(Service):
         self.begin_drain()
 
     def finished(self) -> bool:
+        if self.idle:
+            return True
         if not self.draining:
             return False
         if not self.admission.inflight:
@@ -211,22 +249,6 @@ class Consumer(Service):
 
     # --------------------------------------------------------------- deliveries
 
-    def _later(self, fn: Callable[..., None]) -> Callable[..., None]:
-        """Wrap an AMQP callback so that it only queues its work.
-
-        py-amqp runs callbacks inside the frame dispatch, and our work itself
-        waits on the connection (confirms, declarations): done right there it
-        would nest one wait in another on the same channel, and the inner one
-        can take the outer one's reply. The loop runs the queued work after
-        the frames are dispatched, one item at a time.
-        """
-        return lambda *args: self.inbox.append((fn, args))
-
-    def _run_inbox(self) -> None:
-        while self.inbox:
-            fn, args = self.inbox.popleft()
-            fn(*args)
-
     def _on_delivery(self, msg: Any) -> None:
         info = msg.delivery_info
         tag, redelivered = info["delivery_tag"], bool(info.get("redelivered"))
@@ -243,7 +265,8 @@ class Consumer(Service):
         except BadMessage as e:
             self.settlement.reject(tag, body, props, e)
             return
-        if self.draining or self.ctag is None:
+        self.last_active = time.monotonic()
+        if self.draining or (self.ctag is None and not self.going_idle):
             self.settlement.requeue(tag)  # in flight when we stopped consuming
             return
         self.admission.receive(Delivery(tag, redelivered, body, job, props))
@@ -276,7 +299,7 @@ class Consumer(Service):
                 and self.queue not in self.coordinator.paused):
             self.channel.basic_qos(0, self.workers, False)
             self.ctag = self.channel.basic_consume(self.qname,
-                                                   callback=self._later(self._on_delivery))
+                                                   callback=self.later(self._on_delivery))
 
     def _unsubscribe(self) -> None:
         if self.ctag is not None:

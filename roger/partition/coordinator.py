@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,46 +64,97 @@ def status(sup: SupervisorAPI, timeout: float) -> dict:
     return sup.call_child(CHILD_ID, CoordinatorStatus(), timeout)
 
 
+@dataclass
+class Channels:
+    """The channels a coordinator works on; the watcher's cores share one set."""
+
+    requests: amqp.Channel  # consumes ``<partition>.global``, prefetch 1 per consumer
+    publish: amqp.Channel  # replies, broadcasts, basic_get of waiting queues
+    confirm: amqp.Channel  # publish_confirmed owns its channel
+
+    @classmethod
+    def open(cls, conn: Any) -> Channels:
+        channels = cls(conn.channel(), conn.channel(), conn.channel())
+        channels.requests.basic_qos(0, 1, False)
+        return channels
+
+
 class Coordinator(Service):
-    """Serves ``<partition>.global``: requests in order, one at a time, no locks."""
+    """The coordinator process: one `CoordinatorCore` on its own connection."""
 
     def __init__(self, partition: str, settings: Settings) -> None:
         super().__init__(settings, partition)
         self.partition = partition
+        self.core: CoordinatorCore | None = None
+
+    def __repr__(self) -> str:
+        return f"<Coordinator process {self.core!r}>"
+
+    def setup(self) -> None:
+        self.core = CoordinatorCore(self.partition, self.settings, Channels.open(self.conn),
+                                    self.later)
+        self.core.subscribe()
+
+    def handle_call(self, payload: Any) -> Any:
+        if isinstance(payload, CoordinatorStatus) and self.core is not None:
+            return self.core.status()
+        return super().handle_call(payload)
+
+
+class CoordinatorCore:
+    """Serves ``<partition>.global``: requests in order, one at a time, no locks.
+
+    `defer` wraps the AMQP callback so that requests run from the owner's
+    loop, one after the other (`Service.later`). The coordinator process
+    holds one core; the node's watcher holds one per idle partition.
+    """
+
+    def __init__(self, partition: str, settings: Settings, channels: Channels,
+                 defer: Callable[[Callable[..., None]], Callable[..., None]]) -> None:
+        self.partition, self.settings = partition, settings
+        self.channels = channels
+        self.defer = defer
         self.persister = load_persister(settings)
         self.state = State()
         self.active = False
+        self.ctag: str | None = None
         self.queue = topology.global_queue_name(partition)
         self.exchange = topology.events_exchange_name(settings, partition)
-        self.channel: amqp.Channel  # consumes the requests; the next two publish
-        self.publish_channel: amqp.Channel
-        self.confirm_channel: amqp.Channel
 
     def __repr__(self) -> str:
-        role = "active" if self.active else "standby"
-        return (f"<Coordinator {self.partition!r} {role}: {len(self.state.queue_keys)} queue "
-                f"keys, {len(self.state.exec_holders)} execution keys held, "
+        role = "active" if self.active else "standby" if self.ctag else "unsubscribed"
+        return (f"<CoordinatorCore {self.partition!r} {role}: {len(self.state.queue_keys)} "
+                f"queue keys, {len(self.state.exec_holders)} execution keys held, "
                 f"{len(self.state.cancelled)} cancelled, paused {sorted(self.state.paused)}>")
 
-    def setup(self) -> None:
-        self.channel = self.conn.channel()
-        topology.declare_global(self.channel, self.settings, self.partition)
-        self.publish_channel = self.conn.channel()
-        self.confirm_channel = self.conn.channel()  # publish_confirmed owns its channel
-        self.channel.basic_qos(0, 1, False)
-        # Active or standby is RabbitMQ's choice; we learn we are active when
-        # a request arrives, and load the state then (see the module doc).
-        self.channel.basic_consume(self.queue, callback=self._on_request)
+    def subscribe(self) -> None:
+        """Declare the queue and join its consumers (active or standby: RabbitMQ decides)."""
+        topology.declare_global(self.channels.requests, self.settings, self.partition)
+        # We learn we are active when a request arrives, and load the state
+        # then (see the module doc).
+        self.ctag = self.channels.requests.basic_consume(
+            self.queue, callback=self.defer(self.on_request))
 
-    def handle_call(self, payload: Any) -> Any:
-        if isinstance(payload, CoordinatorStatus):
-            return {"active": self.active, "queue_keys": len(self.state.queue_keys),
-                    "paused": sorted(self.state.paused)}
-        return super().handle_call(payload)
+    def unsubscribe(self) -> None:
+        """Leave: the next consumer in line becomes active and loads the saved state."""
+        ctag, self.ctag = self.ctag, None
+        self.active = False
+        if ctag is not None:
+            self.channels.requests.basic_cancel(ctag)
+
+    def status(self) -> dict:
+        return {"active": self.active, "queue_keys": len(self.state.queue_keys),
+                "paused": sorted(self.state.paused)}
 
     # ------------------------------------------------------------------ requests
 
-    def _on_request(self, msg: amqp.Message) -> None:
+    def on_request(self, msg: amqp.Message) -> None:
+        """One request from ``<partition>.global`` (run from the loop, never nested)."""
+        if self.ctag is None:
+            # Delivered before our cancel took effect: the next active
+            # coordinator answers it, from the state we saved.
+            self.channels.requests.basic_reject(msg.delivery_tag, requeue=True)
+            return
         if not self.active:
             self.state = State.from_dict(self.persister.load(self.partition))
             self.active = True
@@ -123,18 +175,18 @@ class Coordinator(Service):
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         reply_to = msg.properties.get("reply_to")
         if reply_to:
-            self.publish_channel.basic_publish(
+            self.channels.publish.basic_publish(
                 amqp.Message(json.dumps(reply), content_type="application/json",
                              correlation_id=msg.properties.get("correlation_id")),
                 exchange="", routing_key=reply_to)
-        self.channel.basic_ack(msg.delivery_tag)
+        self.channels.requests.basic_ack(msg.delivery_tag)
 
     def _save(self) -> None:
         self.state.expire(time.time())
         self.persister.save(self.partition, self.state.to_dict())
 
     def _broadcast(self, event: dict) -> None:
-        self.publish_channel.basic_publish(
+        self.channels.publish.basic_publish(
             amqp.Message(json.dumps(event), content_type="application/json"),
             exchange=self.exchange, routing_key="")
 
@@ -178,8 +230,8 @@ class Coordinator(Service):
 
     def _unpark(self, key: str) -> None:
         """Send the oldest parked job of `key` back to its queue, holding the key for it."""
-        waiting = topology.declare_waiting(self.publish_channel, self.partition, key)
-        msg = self.publish_channel.basic_get(waiting, no_ack=False)
+        waiting = topology.declare_waiting(self.channels.publish, self.partition, key)
+        msg = self.channels.publish.basic_get(waiting, no_ack=False)
         if msg is None:
             self.state.exec_waiting.pop(key, None)
             return
@@ -187,10 +239,10 @@ class Coordinator(Service):
         queue = headers.pop(topology.WAITING_HEADER)
         job_id = json.loads(msg.body)["id"]
         self.state.exec_holders[key] = job_id
-        publish.publish_confirmed(self.confirm_channel, [publish.Outgoing(
+        publish.publish_confirmed(self.channels.confirm, [publish.Outgoing(
             topology.queue_name(self.partition, queue), msg.body, headers or None, job_id)],
             self.settings.confirm_timeout)
-        self.publish_channel.basic_ack(msg.delivery_tag)
+        self.channels.publish.basic_ack(msg.delivery_tag)
         left = self.state.exec_waiting.get(key, 1) - 1
         if left > 0:
             self.state.exec_waiting[key] = left

@@ -29,7 +29,8 @@ def make_settings(tmp_path: Path):
     def make(**fields) -> Settings:
         base = dict(broker_url=BROKER, imports=["testjobs"],
                     node_name=f"test-{uuid.uuid4().hex[:6]}", retry_levels=[1],
-                    shutdown_timeout=5.0, state_dir=str(tmp_path / "state"))
+                    shutdown_timeout=5.0, state_dir=str(tmp_path / "state"),
+                    idle_after=0)
         settings = Settings(**(base | fields))
         config.configure(settings)
         return settings
