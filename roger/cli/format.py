@@ -110,7 +110,8 @@ def _partition_rows(name: str, part: dict) -> list[list[Any]]:
             rows.append([name, part.get("pid"), qname, q.get("max_workers"), None, None,
                          None, None, f"error: {q['error']}", q.get("restarts")])
             continue
-        rows.append([name, part.get("pid"), qname, q.get("max_workers"), q.get("consuming"),
+        consuming = "idle" if q.get("idle") else q.get("consuming")
+        rows.append([name, part.get("pid"), qname, q.get("max_workers"), consuming,
                      q.get("paused"), q.get("pid"), q.get("workers"),
                      len(q.get("running") or []), q.get("restarts")])
     return rows

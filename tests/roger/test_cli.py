@@ -128,6 +128,15 @@ def test_status_text():
     assert "roger.control pid 15" in lines[4]
 
 
+def test_status_text_shows_an_idle_queue_as_idle():
+    status = {"node": "n1", "pid": 10, "running": {"tenant": {"pid": None, "idle": True,
+              "queues": {"default": {"max_workers": 2, "idle": True, "consuming": False,
+                                     "paused": False, "pid": None, "workers": [],
+                                     "running": []}}}}}
+    row = status_text(status).splitlines()[2].split()
+    assert row[:6] == ["tenant", "-", "default", "2", "idle", "no"]
+
+
 def test_partitions_and_jobs_text():
     text = partitions_text({"n1": {
         "running": {"myapp": {"default": {"max_workers": 4, "paused": True,
