@@ -98,13 +98,26 @@ class ChaosRun:
             if due <= 0:
                 time.sleep(min(0.05, 1 / rate))
                 continue
-            p, q = self.targets[turn % len(self.targets)]
+            p, q = self._target(turn, time.monotonic() - start)
             turn += 1
             batch = [self.ledger.make(p, q, self.rng.uniform(0, cfg.job_sleep))
                      for _ in range(min(due, 25))]
             if not self.ledger.publish(batch, self.producer_settings, self.stop_producing):
                 self.given_up += len(batch)
             sent += len(batch)
+
+    def _target(self, turn: int, elapsed: float) -> tuple[str, str]:
+        """Round robin; with `idle_after`, every queue also has quiet spells.
+
+        Each queue alternates 3 x idle_after seconds of jobs with as many of
+        none, half of the queues at a time: a quiet queue falls idle, and the
+        next job wakes it, again and again through the run.
+        """
+        targets = self.targets
+        if self.cfg.idle_after > 0:
+            phase = int(elapsed // (3 * self.cfg.idle_after))
+            targets = [t for i, t in enumerate(targets) if (phase + i) % 2 == 0] or targets
+        return targets[turn % len(targets)]
 
     def _inject(self) -> None:
         cfg, inj = self.cfg, self.injector

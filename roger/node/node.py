@@ -107,7 +107,12 @@ class Node:
             self._api = None
 
     def start(self, timeout: float | None = None) -> Node:
-        """Start the tree in a child process; returns once the partitions are consuming."""
+        """Start the tree in a child process; returns once the partitions are consuming.
+
+        With `idle_after` > 0 (the default) partitions start idle: this returns
+        once the node's watcher consumes their queues, and each wakes when a
+        message comes.
+        """
         if self._handle is not None and self._handle.is_alive():
             raise RuntimeError("this node is already started")
         root = self._root()
@@ -142,7 +147,7 @@ class Node:
         return self._api
 
     def start_partition(self, name: str, queues: dict[str, int]) -> dict:
-        """Start serving a partition; returns once its consumers are subscribed."""
+        """Start serving a partition; returns once its consumers (or the watcher) subscribed."""
         return root_requests.start_partition(self._root_api(), name, queues)
 
     def reconfigure_partition(self, name: str, queues: dict[str, int]) -> dict:

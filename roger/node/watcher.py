@@ -38,6 +38,7 @@ from amqp.exceptions import NotFound
 import supervision
 from roger.amqp import rpc, topology
 from roger.amqp.service import Service
+from roger.errors import BrokerError
 from roger.partition.coordinator import Channels, CoordinatorCore
 from roger.settings import Settings
 from supervision import ChildSpec
@@ -124,6 +125,9 @@ class Watcher(Service):
                                           callback=self.later(self._on_event))
         self.replies = rpc.Replies(self.events_channel, self.later(self._on_state))
         self.status_channel: amqp.Channel | None = None
+        # Declarations on their own channel: one that fails (a queue declared
+        # elsewhere with other arguments) closes it, never the consuming one.
+        self.declare_channel = self.conn.channel()
         # A reconnect starts from scratch: the broker forgot our subscriptions.
         self.cores.clear()
         self.paused.clear()
@@ -212,12 +216,29 @@ class Watcher(Service):
 
     def _subscribe(self, p: str, q: str) -> None:
         if (p, q) not in self.declared:
-            topology.declare_queues(self.watch_channel, self.settings, p, q, retry=False)
+            try:
+                topology.declare_queues(self.declare_channel, self.settings, p, q, retry=False)
+            except BrokerError as e:
+                log.error("[%s/%s] cannot declare the queue, so it is not watched: %s", p, q, e)
+                self.declare_channel = self.conn.channel()
+                return
             self.declared.add((p, q))
         ctag = self.watch_channel.basic_consume(topology.queue_name(p, q),
-                                                callback=self.later(self._on_message))
+                                                callback=self.later(self._on_message),
+                                                on_cancel=self.later(self._on_cancelled))
         self.subscribed[(p, q)] = ctag
         self.by_ctag[ctag] = (p, q)
+
+    def _on_cancelled(self, ctag: str) -> None:
+        """RabbitMQ cancelled a subscription: its queue was deleted. Declare it again."""
+        key = self.by_ctag.pop(ctag, None)
+        if key is None:
+            return
+        self.subscribed.pop(key, None)
+        self.declared.discard(key)
+        log.warning("[%s/%s] the broker cancelled the watch (queue deleted?); declaring it "
+                    "again", *key)
+        self._refresh(key[0])
 
     def _unsubscribe(self, key: tuple[str, str]) -> None:
         ctag = self.subscribed.pop(key)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import random
 import time
 
+import kombu
 import pytest
 from testjobs import Keyed, Record, ends, events
 
 import roger
 from roger import Node
 from tests.helpers import alive, wait_for
-from tests.roger.support import queue_depth
+from tests.roger.support import BROKER, queue_depth
 
 IDLE_AFTER = 1.0
 
@@ -149,3 +150,12 @@ def test_info_lists_idle_queues_like_any_other(idle_node, partition):
     queue = view["running"][partition]["default"]
     assert queue == {"max_workers": 1, "paused": False, "message_count": 0,
                      "consumer_count": 1}
+
+
+def test_an_idle_queue_deleted_under_the_watcher_is_declared_again(idle_node, partition, out):
+    with kombu.Connection(BROKER) as conn:
+        conn.channel().queue_delete(f"{partition}-default")
+    wait_for(lambda: queue_status(idle_node, partition).get("consumer_count") == 1,
+             what="the watcher to declare and consume the queue again")
+    Record.create({"out": out}).enqueue(partition)
+    wait_for(lambda: ends(out), what="the job to run")
