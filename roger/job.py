@@ -37,7 +37,11 @@ class Job(Record):
 
     - `name`: the name the class is registered and addressed under on the
       wire; defaults to ``"module:QualName"``. Set it explicitly to keep
-      queued jobs runnable when you move or rename the class.
+      queued jobs runnable when you move or rename the class. In a script
+      run as ``__main__``, the module is the name the script is importable
+      as (``python -m pkg.mod``: ``pkg.mod``; ``python jobs.py``: ``jobs``);
+      when it has none (``python -c``, a notebook), `enqueue` refuses the
+      job until `name` is set.
     - `retryable`: retry with backoff when `perform` raises (default False).
     - `max_execution_time`: seconds after which a running job is killed and
       settled as a timeout; None (the default) means unlimited.
@@ -60,7 +64,7 @@ class Job(Record):
             )
         # Only a name written in this very class statement counts: a subclass
         # must not inherit (and clash with) its parent's registered name.
-        name = cls.__dict__.get("name") or f"{cls.__module__}:{cls.__qualname__}"
+        name = cls.__dict__.get("name") or registry.default_name(cls)
         cls.name = name
         if register:
             registry.register(name, cls)
@@ -109,7 +113,9 @@ class Job(Record):
 
         `queue` defaults to ``self.queue_type(self.args)``. Raises
         `roger.DuplicateJob` when another job with the same `queue_key` is
-        queued or running, `roger.BrokerError` when the broker did not confirm.
+        queued or running, `roger.BrokerError` when the broker did not confirm,
+        `TypeError` when no worker could resolve the class's name (a class of a
+        script run as ``__main__`` that cannot be imported: set `name`).
         Returns the record, now with `partition`, `queue` and `queued_at` set.
         """
         producer.enqueue_many([self], partition, queue)
