@@ -189,7 +189,8 @@ class Admission:
             self._cancelled(Delivery(tag, False, b"", entry.job, {}))
             return
         outcome = "timeout" if entry.kill_reason == "timeout" else "crashed"
-        self.settlement.lost(tag, entry.job, outcome, exitcode, self._release_hold(entry.job))
+        self.settlement.lost(tag, entry.job, outcome, exitcode, self._release_hold(entry.job),
+                             time.monotonic() - entry.started)
 
     def _release_hold(self, job: Record) -> bool:
         if job.id in self.acquired:

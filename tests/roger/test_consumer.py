@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections import Counter
 
@@ -74,6 +75,9 @@ def test_worker_killed_mid_job_settles_as_error_and_is_replaced(partition, make_
         assert errors[0]["id"] == job.id
         assert errors[0]["error"] == "WorkerCrashed"
         assert errors[0]["signal"] == "SIGKILL"
+        # No traceback survives the worker: a line says what ended the job, and when.
+        assert re.fullmatch(r"worker died with signal SIGKILL after \d+\.\d s",
+                            errors[0]["traceback"])
         assert errors[0]["state"] is None  # before_run's state died with the worker
         # Not retryable: settled (acked) as an error, and the pool serves on.
         nxt = Record.create({"out": out}).enqueue(partition)
@@ -152,6 +156,11 @@ def test_max_execution_time_kills_and_settles_as_timeout(partition, make_setting
         error = wait_for(lambda: events(out, "on_error"), what="on_error")[0]
     assert error["id"] == job.id
     assert error["error"] == "JobTimeout"
+    assert error["message"] == "job ran longer than max_execution_time=0.5 s"
+    ran_for = re.fullmatch(r"killed after (\d+\.\d) s: it ran longer than "
+                           r"max_execution_time=0\.5 s", error["traceback"])
+    assert ran_for and float(ran_for[1]) >= 0.5
+    assert error["state"] is None
     assert queue_depth(f"{partition}-default") == 0
 
 
@@ -226,6 +235,9 @@ def test_worker_exiting_without_result_is_not_success(partition, make_settings, 
     assert [e["error"] for e in errors] == ["WorkerCrashed", "WorkerCrashed"]
     assert "code 0" in errors[0]["message"]
     assert errors[1]["signal"] == "SIGSEGV"
+    assert re.fullmatch(r"worker exited with code 0 after \d+\.\d s", errors[0]["traceback"])
+    assert re.fullmatch(r"worker died with signal SIGSEGV after \d+\.\d s",
+                        errors[1]["traceback"])
 
 
 def test_a_dead_worker_leaves_its_consumer_and_sibling_jobs_alone(partition, make_settings, out):
