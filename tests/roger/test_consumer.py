@@ -9,9 +9,11 @@ import signal
 from collections import Counter
 
 import kombu
+import pytest
 from testjobs import (
     Fail,
     Hang,
+    Keyed,
     Record,
     RetryableWaitForKill,
     WaitForKill,
@@ -19,7 +21,7 @@ from testjobs import (
     read,
 )
 
-from roger import Node, admin, info, producer
+from roger import DuplicateJob, Node, admin, info, producer
 from tests.helpers import wait_for
 from tests.roger.support import BROKER, queue_depth
 
@@ -97,6 +99,44 @@ def test_retryable_job_whose_worker_is_killed_runs_again(partition, make_setting
                           what="the retry")
     assert [s["retry_count"] for s in starts] == [0, 1]
     assert {s["id"] for s in starts} == {job.id}
+
+
+@pytest.mark.parametrize("job_class", [Record, Keyed], ids=["plain", "with an execution key"])
+def test_the_same_record_enqueued_twice_runs_twice_one_after_the_other(partition, make_settings,
+                                                                      out, job_class):
+    job = job_class.create({"out": out, "sleep": 0.5, "xkey": "a"})
+    job.enqueue(partition)
+    job.enqueue(partition)  # as a producer does after a BrokerError
+    # Two workers, so both copies are delivered together and one could run beside the other.
+    with Node(make_settings(partitions={partition: {"default": 2}})):
+        wait_for(lambda: len(events(out, "end")) == 2, what="both runs")
+    # Appended by the workers as they ran: the copy started after its twin ended.
+    assert [(e["event"], e["id"]) for e in read(out)] == [
+        ("start", job.id), ("end", job.id), ("start", job.id), ("end", job.id)]
+    assert queue_depth(f"{partition}-default") == 0
+    assert queue_depth(f"{partition}-default.rejected") == 0
+
+
+def test_a_record_made_again_with_its_id_enqueues_again_without_a_clash(partition,
+                                                                        make_settings, out):
+    args = {"out": out, "qkey": "invoice-7"}
+    # A node whose queue consumes nothing yet: its coordinator holds the keys.
+    with Node(make_settings(partitions={partition: {"default": 0}})) as node:
+        Keyed.create(args, id="invoice-7").enqueue(partition)
+        # The producer restarted, not knowing whether that enqueue landed: it
+        # makes the record again with the same id, and that is no clash ...
+        Keyed.create(args, id="invoice-7").enqueue(partition)
+        # ... while another job with the same queue_key is one.
+        with pytest.raises(DuplicateJob):
+            Keyed.create(args).enqueue(partition)
+        node.reconfigure_partition(partition, {"default": 2})
+        wait_for(lambda: len(events(out, "end")) == 2, what="both runs")
+        # Settled, the key is free again.
+        Keyed.create(args, id="invoice-8").enqueue(partition)
+        wait_for(lambda: len(events(out, "end")) == 3, what="the next invoice")
+    assert [(e["event"], e["id"]) for e in read(out)] == [
+        ("start", "invoice-7"), ("end", "invoice-7"), ("start", "invoice-7"),
+        ("end", "invoice-7"), ("start", "invoice-8"), ("end", "invoice-8")]
 
 
 def test_bad_messages_are_moved_aside_and_the_next_job_runs(partition, make_settings, out):
