@@ -23,7 +23,7 @@ from typing import Any, Self
 from roger import producer, registry
 from roger.errors import UnknownJob
 from roger.message import normalize_args
-from roger.record import Record
+from roger.record import Record, check_execution_key, check_id
 
 __all__ = ["Job", "UnregisteredJob"]
 
@@ -37,7 +37,11 @@ class Job(Record):
 
     - `name`: the name the class is registered and addressed under on the
       wire; defaults to ``"module:QualName"``. Set it explicitly to keep
-      queued jobs runnable when you move or rename the class.
+      queued jobs runnable when you move or rename the class. In a script
+      run as ``__main__``, the module is the name the script is importable
+      as (``python -m pkg.mod``: ``pkg.mod``; ``python jobs.py``: ``jobs``);
+      when it has none (``python -c``, a notebook), `enqueue` refuses the
+      job until `name` is set.
     - `retryable`: retry with backoff when `perform` raises (default False).
     - `max_execution_time`: seconds after which a running job is killed and
       settled as a timeout; None (the default) means unlimited.
@@ -60,7 +64,7 @@ class Job(Record):
             )
         # Only a name written in this very class statement counts: a subclass
         # must not inherit (and clash with) its parent's registered name.
-        name = cls.__dict__.get("name") or f"{cls.__module__}:{cls.__qualname__}"
+        name = cls.__dict__.get("name") or registry.default_name(cls)
         cls.name = name
         if register:
             registry.register(name, cls)
@@ -72,14 +76,22 @@ class Job(Record):
         )
 
     @classmethod
-    def create(cls, job_class_or_args: Any = _MISSING, /, args: Any = _MISSING) -> Self:
+    def create(cls, job_class_or_args: Any = _MISSING, /, args: Any = _MISSING, *,
+               id: str | None = None) -> Self:
         """Make a new record of this job, ready to `enqueue`.
 
         ``SendInvoice.create(args)`` and ``roger.Job.create(SendInvoice, args)``
         are the same. `args` must be JSON values (checked here, with a
         `TypeError` naming the offending value); the record holds a copy, so
         later changes to the caller's object do not leak into the job. The
-        `queue_key` and `execution_key` hooks run now, on that copy.
+        `queue_key` and `execution_key` hooks run now, on that copy; an
+        execution key longer than its waiting queue's name allows (136 bytes)
+        raises `ValueError`.
+
+        `id` is the record's id, random (32 hex digits) by default. A caller
+        may choose it, e.g. ``id="invoice-7"``, to make enqueues idempotent:
+        1-128 characters of ``[A-Za-z0-9_.:-]``, else `ValueError` (`TypeError`
+        when it is not a string).
         """
         if args is _MISSING:
             if job_class_or_args is _MISSING:
@@ -94,14 +106,16 @@ class Job(Record):
                     f"{cls.__qualname__}.create(job_class, args): {job_class!r} is not a "
                     f"subclass of {cls.__qualname__}"
                 )
-        return _new_record(job_class, args)
+        return _new_record(job_class, args, secrets.token_hex(16) if id is None else check_id(id))
 
     def enqueue(self, partition: str, queue: str | None = None) -> Self:
         """Publish this job to `partition` and return once RabbitMQ confirmed it.
 
         `queue` defaults to ``self.queue_type(self.args)``. Raises
         `roger.DuplicateJob` when another job with the same `queue_key` is
-        queued or running, `roger.BrokerError` when the broker did not confirm.
+        queued or running, `roger.BrokerError` when the broker did not confirm,
+        `TypeError` when no worker could resolve the class's name (a class of a
+        script run as ``__main__`` that cannot be imported: set `name`).
         Returns the record, now with `partition`, `queue` and `queued_at` set.
         """
         producer.enqueue_many([self], partition, queue)
@@ -148,7 +162,7 @@ class UnregisteredJob(Job, register=False):
         raise UnknownJob(self.name)
 
 
-def _new_record(job_class: type[Job], args: Any) -> Any:
+def _new_record(job_class: type[Job], args: Any, job_id: str) -> Any:
     try:
         registered = registry.resolve(getattr(job_class, "name", "")) is job_class
     except UnknownJob:
@@ -163,14 +177,18 @@ def _new_record(job_class: type[Job], args: Any) -> Any:
         args = normalize_args(args)
     except TypeError as exc:
         raise TypeError(f"{job_class.__qualname__}.create(): {exc}") from None
-    job = job_class.new(id=secrets.token_hex(16), args=args, retry_count=0,
+    job = job_class.new(id=job_id, args=args, retry_count=0,
                         max_execution_time=job_class.max_execution_time, redelivered=False)
     fields = job.__dict__
     # On a record the fields hide the hooks of the same name: call via the class.
     fields["queue_key"] = _key(job_class, "queue_key", job_class.queue_key(job, args))
-    fields["execution_key"] = _key(
-        job_class, "execution_key", job_class.execution_key(job, args)
-    )
+    execution_key = _key(job_class, "execution_key", job_class.execution_key(job, args))
+    if execution_key is not None:
+        try:
+            check_execution_key(execution_key)
+        except ValueError as exc:
+            raise ValueError(f"{job_class.__qualname__}.execution_key(): {exc}") from None
+    fields["execution_key"] = execution_key
     return job
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from roger import config, message
+from roger import config, message, registry
 from roger.amqp import broker, topology
 from roger.amqp.publish import Outgoing, Unroutable
 from roger.partition import coordination
@@ -28,7 +28,9 @@ def enqueue_many(
     `queue` is None. Returns the jobs, each with `partition`, `queue` and
     `queued_at` set, once RabbitMQ confirmed all of them. On `BrokerError`
     some of the jobs may be queued: enqueueing the same records again is
-    safe for at-least-once processing (they keep their ids).
+    safe for at-least-once processing (they keep their ids). A job whose
+    class no worker could resolve (see `roger.registry.check_addressable`)
+    raises `TypeError` before anything is published.
     """
     settings = settings or config.get_settings()
     jobs = list(jobs)
@@ -37,6 +39,7 @@ def enqueue_many(
     for job in jobs:
         if not isinstance(job, Record):
             raise TypeError(f"expected roger.Job records, got {type(job).__name__}")
+        registry.check_addressable(job)
         target = queue if queue is not None else type(job).queue_type(job, job.args)
         targets.append(check_queue_name(target))
     if not jobs:

@@ -2,9 +2,10 @@
 
 A decoded delivery is, in this order:
 
+- held, if a delivery with its job id (the same record enqueued twice) is
+  already here, until that twin is settled; then it comes in again, as if it
+  just arrived, so the two run one after the other, never side by side;
 - skipped (settled as cancelled) if its job id was cancelled;
-- moved aside (``duplicate_id``) if a job with its id is already running in
-  this consumer;
 - held until the coordinator grants its execution key, or parked FIFO in the
   key's waiting queue when another job holds it;
 - run at once by an idle worker, or queued in the backlog, in arrival order,
@@ -22,7 +23,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from roger.errors import BadMessage
 from roger.partition.coordinator_link import CoordinatorLink
 from roger.partition.pool import WorkerPool
 from roger.partition.settlement import Settlement
@@ -66,23 +66,28 @@ class Admission:
         self.settlement = settlement
         self.inflight: dict[int, Inflight] = {}
         self.backlog: deque[Delivery] = deque()
+        self.twins: deque[Delivery] = deque()  # copies waiting for their twin to settle
         self.acquired: set[str] = set()  # ids of jobs holding their execution key here
 
     def __repr__(self) -> str:
         return (f"<Admission {self.label}: {len(self.inflight)} running, "
-                f"{len(self.backlog)} waiting for a worker, {len(self.acquired)} holding keys>")
+                f"{len(self.backlog)} waiting for a worker, {len(self.twins)} for a twin, "
+                f"{len(self.acquired)} holding keys>")
 
     # ----------------------------------------------------------------- arrival
 
     def receive(self, delivery: Delivery) -> None:
         job = delivery.job
-        if self.coordinator.is_cancelled(job.id):
+        if self._here(job.id):
+            # The same record enqueued twice (a producer retrying after a
+            # BrokerError). The copy waits here: handed back to RabbitMQ, it
+            # would come straight back to us, again and again, while its twin
+            # runs. It holds one prefetch slot meanwhile.
+            log.info("[%s] job %s (%s) is here already: its copy waits for it", self.label,
+                     job.id, job.name)
+            self.twins.append(delivery)
+        elif self.coordinator.is_cancelled(job.id):
             self._cancelled(delivery)
-        elif any(entry.job.id == job.id for entry in self.inflight.values()):
-            # The same job published twice and delivered together: running it
-            # twice at once is never wanted; the copy is moved aside.
-            self.settlement.reject(delivery.tag, delivery.body, delivery.props, BadMessage(
-                "duplicate_id", f"job {job.id} is already running in this consumer"))
         elif job.execution_key is not None and job.id not in self.acquired:
             self.coordinator.acquire(job, delivery)
         else:
@@ -121,6 +126,12 @@ class Admission:
         log.debug("[%s] job %s (%s) started in worker %d", self.label, job.id, job.name,
                   slot.pid)
 
+    def _here(self, job_id: str) -> bool:
+        """Whether a delivery of `job_id` is between `receive` and its settlement here."""
+        return (any(entry.job.id == job_id for entry in self.inflight.values())
+                or any(d.job.id == job_id for d in self.backlog)
+                or any(d.job.id == job_id for d in self.coordinator.pending.values()))
+
     def _cancelled(self, delivery: Delivery) -> None:
         self.acquired.discard(delivery.job.id)
         self.settlement.cancelled(delivery.tag, delivery.job)
@@ -128,7 +139,11 @@ class Admission:
     # -------------------------------------------------------------- every turn
 
     def dispatch_backlog(self) -> None:
-        """Start waiting deliveries while workers are free."""
+        """Let in copies whose twin has settled; start waiting deliveries as workers free up."""
+        if self.twins:
+            held, self.twins = self.twins, deque()
+            for delivery in held:  # in arrival order; one whose twin is still here waits on
+                self.receive(delivery)
         while self.backlog and self.pool.has_capacity():
             delivery = self.backlog.popleft()
             if self.coordinator.is_cancelled(delivery.job.id):
@@ -189,7 +204,8 @@ class Admission:
             self._cancelled(Delivery(tag, False, b"", entry.job, {}))
             return
         outcome = "timeout" if entry.kill_reason == "timeout" else "crashed"
-        self.settlement.lost(tag, entry.job, outcome, exitcode, self._release_hold(entry.job))
+        self.settlement.lost(tag, entry.job, outcome, exitcode, self._release_hold(entry.job),
+                             time.monotonic() - entry.started)
 
     def _release_hold(self, job: Record) -> bool:
         if job.id in self.acquired:
@@ -198,9 +214,10 @@ class Admission:
         return False
 
     def requeue_backlog(self) -> None:
-        """Hand the deliveries that have not started back to RabbitMQ."""
-        while self.backlog:
-            self.settlement.requeue(self.backlog.popleft().tag)
+        """Hand the deliveries that have not started back to RabbitMQ (with the held copies)."""
+        for waiting in (self.twins, self.backlog):
+            while waiting:
+                self.settlement.requeue(waiting.popleft().tag)
 
     def requeue_running(self) -> None:
         """Hand back the jobs of workers that are gone (the consumer is closing)."""

@@ -100,20 +100,24 @@ class Settlement:
         self.settled += 1
 
     def lost(self, tag: int, job: Record, outcome: Outcome, exitcode: int | None,
-             holds_exec_key: bool) -> None:
-        """Settle a job whose worker was killed (timeout) or died (crashed)."""
+             holds_exec_key: bool, ran_for: float) -> None:
+        """Settle a job whose worker was killed (timeout) or died (crashed) after `ran_for` s.
+
+        No traceback survives the worker: callbacks get a line that says
+        what killed the job and after how long, and a `state` of None.
+        """
         if outcome == "timeout":
-            error: Exception = JobTimeout(
-                f"job ran longer than max_execution_time={job.max_execution_time} s")
+            why = f"ran longer than max_execution_time={job.max_execution_time:g} s"
+            error: Exception = JobTimeout(f"job {why}")
+            line = f"killed after {ran_for:.1f} s: it {why}"
         else:
             error = WorkerCrashed(exitcode if exitcode is not None and exitcode >= 0 else None,
                                   signal_name(exitcode))
-        text = f"{type(error).__name__}: {error}"
+            line = f"{error} after {ran_for:.1f} s"
+        text = f"{type(error).__name__}: {line}"
         log.error("[%s] job %s (%s) failed: %s", self.label, job.id, job.name, text)
         decision = decide(job, outcome, self.settings.retry_levels)
-        # The worker that held before_run's state is gone: state is None.
-        fire(self.callbacks, decision, self.partition, job, error=error,
-             traceback=f"{text} (job {job.id} in worker of {self.label})\n")
+        fire(self.callbacks, decision, self.partition, job, error=error, traceback=line)
         self.settle(tag, job, decision.disposition, text, decision.reason, holds_exec_key)
 
     def cancelled(self, tag: int, job: Record) -> None:

@@ -102,18 +102,3 @@ def test_poison_message_is_buried_and_its_neighbours_run(partition, make_setting
     assert buried[0].buried_reason == "worker_crashed"
     assert sorted(e["id"] for e in events(out, "end")) == sorted(j.id for j in neighbours)
 
-
-def test_the_same_job_id_published_twice_runs_once_at_a_time(partition, make_settings, out):
-    settings = make_settings(partitions={partition: {"default": 2}})
-    job = Record.create({"out": out, "sleep": 1.0})
-    body = json.dumps(VALID | {"id": job.id, "args": job.args}).encode()
-    with Node(settings), kombu.Connection(BROKER) as conn:
-        producer = conn.Producer()
-        for _ in range(2):
-            producer.publish(body, routing_key=f"{partition}-default",
-                             content_type="application/json", content_encoding="binary")
-        wait_for(lambda: events(out, "end"), what="the job")
-        wait_for(lambda: queue_depth(f"{partition}-default.rejected") == 1, what="the copy")
-        msg = conn.channel().basic_get(f"{partition}-default.rejected", no_ack=True)
-    assert msg.headers["x-roger-reason"] == "duplicate_id"
-    assert len(events(out, "start")) == 1

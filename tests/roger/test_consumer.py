@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections import Counter
 
 import kombu
+import pytest
 from testjobs import (
     Fail,
     Hang,
+    Keyed,
     Record,
     RetryableWaitForKill,
     WaitForKill,
@@ -18,7 +21,7 @@ from testjobs import (
     read,
 )
 
-from roger import Node, admin, info, producer
+from roger import DuplicateJob, Node, admin, info, producer
 from tests.helpers import wait_for
 from tests.roger.support import BROKER, queue_depth
 
@@ -74,6 +77,9 @@ def test_worker_killed_mid_job_settles_as_error_and_is_replaced(partition, make_
         assert errors[0]["id"] == job.id
         assert errors[0]["error"] == "WorkerCrashed"
         assert errors[0]["signal"] == "SIGKILL"
+        # No traceback survives the worker: a line says what ended the job, and when.
+        assert re.fullmatch(r"worker died with signal SIGKILL after \d+\.\d s",
+                            errors[0]["traceback"])
         assert errors[0]["state"] is None  # before_run's state died with the worker
         # Not retryable: settled (acked) as an error, and the pool serves on.
         nxt = Record.create({"out": out}).enqueue(partition)
@@ -93,6 +99,44 @@ def test_retryable_job_whose_worker_is_killed_runs_again(partition, make_setting
                           what="the retry")
     assert [s["retry_count"] for s in starts] == [0, 1]
     assert {s["id"] for s in starts} == {job.id}
+
+
+@pytest.mark.parametrize("job_class", [Record, Keyed], ids=["plain", "with an execution key"])
+def test_the_same_record_enqueued_twice_runs_twice_one_after_the_other(partition, make_settings,
+                                                                      out, job_class):
+    job = job_class.create({"out": out, "sleep": 0.5, "xkey": "a"})
+    job.enqueue(partition)
+    job.enqueue(partition)  # as a producer does after a BrokerError
+    # Two workers, so both copies are delivered together and one could run beside the other.
+    with Node(make_settings(partitions={partition: {"default": 2}})):
+        wait_for(lambda: len(events(out, "end")) == 2, what="both runs")
+    # Appended by the workers as they ran: the copy started after its twin ended.
+    assert [(e["event"], e["id"]) for e in read(out)] == [
+        ("start", job.id), ("end", job.id), ("start", job.id), ("end", job.id)]
+    assert queue_depth(f"{partition}-default") == 0
+    assert queue_depth(f"{partition}-default.rejected") == 0
+
+
+def test_a_record_made_again_with_its_id_enqueues_again_without_a_clash(partition,
+                                                                        make_settings, out):
+    args = {"out": out, "qkey": "invoice-7"}
+    # A node whose queue consumes nothing yet: its coordinator holds the keys.
+    with Node(make_settings(partitions={partition: {"default": 0}})) as node:
+        Keyed.create(args, id="invoice-7").enqueue(partition)
+        # The producer restarted, not knowing whether that enqueue landed: it
+        # makes the record again with the same id, and that is no clash ...
+        Keyed.create(args, id="invoice-7").enqueue(partition)
+        # ... while another job with the same queue_key is one.
+        with pytest.raises(DuplicateJob):
+            Keyed.create(args).enqueue(partition)
+        node.reconfigure_partition(partition, {"default": 2})
+        wait_for(lambda: len(events(out, "end")) == 2, what="both runs")
+        # Settled, the key is free again.
+        Keyed.create(args, id="invoice-8").enqueue(partition)
+        wait_for(lambda: len(events(out, "end")) == 3, what="the next invoice")
+    assert [(e["event"], e["id"]) for e in read(out)] == [
+        ("start", "invoice-7"), ("end", "invoice-7"), ("start", "invoice-7"),
+        ("end", "invoice-7"), ("start", "invoice-8"), ("end", "invoice-8")]
 
 
 def test_bad_messages_are_moved_aside_and_the_next_job_runs(partition, make_settings, out):
@@ -152,6 +196,11 @@ def test_max_execution_time_kills_and_settles_as_timeout(partition, make_setting
         error = wait_for(lambda: events(out, "on_error"), what="on_error")[0]
     assert error["id"] == job.id
     assert error["error"] == "JobTimeout"
+    assert error["message"] == "job ran longer than max_execution_time=0.5 s"
+    ran_for = re.fullmatch(r"killed after (\d+\.\d) s: it ran longer than "
+                           r"max_execution_time=0\.5 s", error["traceback"])
+    assert ran_for and float(ran_for[1]) >= 0.5
+    assert error["state"] is None
     assert queue_depth(f"{partition}-default") == 0
 
 
@@ -226,6 +275,9 @@ def test_worker_exiting_without_result_is_not_success(partition, make_settings, 
     assert [e["error"] for e in errors] == ["WorkerCrashed", "WorkerCrashed"]
     assert "code 0" in errors[0]["message"]
     assert errors[1]["signal"] == "SIGSEGV"
+    assert re.fullmatch(r"worker exited with code 0 after \d+\.\d s", errors[0]["traceback"])
+    assert re.fullmatch(r"worker died with signal SIGSEGV after \d+\.\d s",
+                        errors[1]["traceback"])
 
 
 def test_a_dead_worker_leaves_its_consumer_and_sibling_jobs_alone(partition, make_settings, out):

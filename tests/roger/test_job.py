@@ -105,6 +105,40 @@ def test_ids_are_unique():
     assert len({Plain.create({}).id for _ in range(1000)}) == 1000
 
 
+def test_a_caller_chosen_id_in_both_spellings():
+    job = SendInvoice.create({"id": 7, "customer": 3}, id="invoice-7")
+    same = roger.Job.create(SendInvoice, {"id": 7, "customer": 3}, id="invoice-7")
+    longest = Plain.create({}, id="A.z_0:9-" * 16)
+    assert job.id == same.id == "invoice-7"
+    assert job.queue_key == "invoice-7" and job.args == {"id": 7, "customer": 3}
+    assert len(longest.id) == 128
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "invoice 7", "invoice/7", "facture-é", "a\n"])
+def test_an_id_outside_the_alphabet_or_length_is_a_value_error(bad):
+    with pytest.raises(ValueError, match="invalid job id.*1-128 letters"):
+        Plain.create({}, id=bad)
+
+
+@pytest.mark.parametrize("bad", [7, b"invoice-7", ["invoice-7"]])
+def test_an_id_that_is_not_a_string_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="job id must be a string"):
+        roger.Job.create(Plain, {}, id=bad)
+
+
+def test_an_execution_key_too_long_for_its_waiting_queue_fails_at_create():
+    class ByCustomer(roger.Job):
+        def execution_key(self, args):
+            return args["key"]
+
+    longest = "k" * (255 - 100 - len("-execution-waiting-"))
+    assert ByCustomer.create({"key": longest}).execution_key == longest
+    with pytest.raises(ValueError, match=r"ByCustomer.execution_key\(\).* 137 bytes.*at most 136"):
+        ByCustomer.create({"key": longest + "k"})
+    with pytest.raises(ValueError, match="138 bytes"):  # bytes, not characters
+        ByCustomer.create({"key": "é" * 69})
+
+
 def test_default_hooks():
     job = Plain.create({"x": 1})
     assert job.queue_key is None and job.execution_key is None
