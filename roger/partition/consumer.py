@@ -186,7 +186,8 @@ class Consumer(Service):
         return timeout
 
     def _busy(self) -> bool:
-        return bool(self.admission.inflight or self.admission.backlog
+        admission = self.admission
+        return bool(admission.inflight or admission.backlog or admission.twins
                     or self.coordinator.pending)
 
     def _idle_for(self) -> float:
