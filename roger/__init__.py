@@ -26,7 +26,7 @@ runs once, `roger/partition/` those it runs per partition and per queue.
 """
 
 from roger import control, info
-from roger.admin import purge, retry_buried
+from roger.admin import purge, replay_rejected, retry_buried
 from roger.config import configure
 from roger.errors import (
     BadMessage,
@@ -61,6 +61,7 @@ __all__ = [
     # queues
     "info",
     "purge",
+    "replay_rejected",
     "retry_buried",
     # errors
     "BadMessage",
