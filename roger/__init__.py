@@ -17,16 +17,17 @@ ones, and never in a cycle (`tests/roger/test_layers.py` checks both):
    consumers, their worker pools and the workers.
 4. **node**: `roger.node`, a node's own processes: the root supervisor
    (and `Node`, its handle), the control server, the system process.
-5. **api**: `roger.job`, `roger.producer`, `roger.info`, `roger.admin`
-   and this module.
+5. **api**: `roger.job`, `roger.producer`, `roger.info`, `roger.admin`,
+   `roger.testing` (jobs run inline or captured, no broker), its pytest
+   fixtures `roger.pytest_plugin`, and this module.
 6. **cli**: `roger.cli` (with `python -m roger` and `python -m roger.supervisor`).
 
 The file tree is the process tree: `roger/node/` holds the processes a node
 runs once, `roger/partition/` those it runs per partition and per queue.
 """
 
-from roger import control, info
-from roger.admin import purge, retry_buried
+from roger import control, info, testing
+from roger.admin import purge, replay_rejected, retry_buried
 from roger.config import configure
 from roger.errors import (
     BadMessage,
@@ -48,6 +49,7 @@ __all__ = [
     # jobs
     "Job",
     "enqueue_many",
+    "testing",
     # running nodes
     "Node",
     "control",
@@ -61,6 +63,7 @@ __all__ = [
     # queues
     "info",
     "purge",
+    "replay_rejected",
     "retry_buried",
     # errors
     "BadMessage",

@@ -1,9 +1,11 @@
-"""Operator actions on a queue: re-enqueue buried jobs, purge."""
+"""Operator actions on a queue: re-enqueue buried jobs, replay rejected ones, purge."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from roger import config, message
 from roger.amqp import broker, publish, topology
@@ -11,13 +13,14 @@ from roger.amqp.connection import QueueNotFound
 from roger.amqp.publish import Outgoing
 from roger.errors import BadMessage
 from roger.job import UnregisteredJob
+from roger.partition import settlement
 from roger.settings import Settings
 
-__all__ = ["purge", "retry_buried"]
+__all__ = ["purge", "replay_rejected", "retry_buried"]
 
 log = logging.getLogger(__name__)
 
-# Buried messages moved per publisher-confirm round trip.
+# Buried or rejected messages moved per publisher-confirm round trip.
 _BATCH = 500
 
 
@@ -29,14 +32,61 @@ def retry_buried(partition: str, queue: str, *, settings: Settings | None = None
     queue was confirmed, so a failure half-way duplicates nothing and loses
     nothing. Messages buried while this runs wait for the next call.
     """
-    settings = settings or config.get_settings()
+    source = topology.buried_queue_name(partition, queue)
+
+    def unbury(msg: Any, main: str, now: int) -> Outgoing | None:
+        try:
+            job = message.decode(
+                msg.body, msg.properties.get("content_type"), fallback=UnregisteredJob
+            )
+        except BadMessage as exc:
+            log.warning("leaving an invalid message in %s: %s", source, exc)
+            return None
+        job.retry_count = 0
+        job.queued_at = now
+        return Outgoing(main, message.encode(job), message_id=job.id)
+
+    return _move(settings or config.get_settings(), partition, queue, source, unbury)
+
+
+def replay_rejected(partition: str, queue: str, *, settings: Settings | None = None) -> int:
+    """Send every rejected message of a queue back to its main queue; return how many.
+
+    Each message goes back as it was rejected (body byte for byte, content
+    type, message id, headers but ``x-roger-reason`` and ``x-roger-error``),
+    so consumers decode it again: one that is valid now (its job class was
+    deployed since, say) runs; one still invalid is rejected again, with its
+    reason, and waits in ``.rejected`` for the next call. Each message moves
+    once per call, however fast it comes back. A rejected message is removed
+    only after its copy was confirmed, so a failure half-way loses nothing.
+    """
+    def replay(msg: Any, main: str, now: int) -> Outgoing:
+        props = msg.properties
+        headers = {k: v for k, v in (props.get("application_headers") or {}).items()
+                   if k not in (settlement.REASON_HEADER, settlement.ERROR_HEADER)}
+        body = msg.body.encode() if isinstance(msg.body, str) else msg.body
+        return Outgoing(main, body, headers=headers or None,
+                        message_id=props.get("message_id"),
+                        content_type=props.get("content_type"))
+
+    source = topology.rejected_queue_name(partition, queue)
+    return _move(settings or config.get_settings(), partition, queue, source, replay)
+
+
+def _move(settings: Settings, partition: str, queue: str, source: str,
+          convert: Callable[[Any, str, int], Outgoing | None]) -> int:
+    """Move the messages `source` holds now to the main queue, each as `convert` makes it.
+
+    `convert(msg, main queue name, now in ms)` returns the message to
+    publish, or None to leave that one where it is. Returns how many moved.
+    """
     producer = broker.get_broker(settings)
     main = topology.queue_name(partition, queue)
-    buried = topology.buried_queue_name(partition, queue)
     with producer.channel() as channel:
-        # Bounded by the count at the start, so jobs buried again meanwhile
-        # (or skipped as invalid) cannot keep the loop below going.
-        remaining = channel.queue_declare(buried, passive=True).message_count
+        # Bounded by the count at the start, so messages that come back
+        # meanwhile (buried or rejected again, or left as invalid) cannot
+        # keep the loop below going.
+        remaining = channel.queue_declare(source, passive=True).message_count
     if remaining == 0:
         return 0
     producer.declare(settings, partition, queue)  # the main queue must exist
@@ -45,7 +95,7 @@ def retry_buried(partition: str, queue: str, *, settings: Settings | None = None
         while remaining > 0:
             batch = []
             for _ in range(min(_BATCH, remaining)):
-                msg = channel.basic_get(buried, no_ack=False)
+                msg = channel.basic_get(source, no_ack=False)
                 if msg is None:
                     break
                 batch.append(msg)
@@ -55,16 +105,10 @@ def retry_buried(partition: str, queue: str, *, settings: Settings | None = None
             now = int(time.time() * 1000)
             items, tags = [], []
             for msg in batch:
-                try:
-                    job = message.decode(
-                        msg.body, msg.properties.get("content_type"), fallback=UnregisteredJob
-                    )
-                except BadMessage as exc:
-                    log.warning("leaving an invalid message in %s: %s", buried, exc)
+                item = convert(msg, main, now)
+                if item is None:
                     continue  # not acked: it goes back when the channel closes
-                job.retry_count = 0
-                job.queued_at = now
-                items.append(Outgoing(main, message.encode(job), message_id=job.id))
+                items.append(item)
                 tags.append(msg.delivery_info["delivery_tag"])
             publish.publish_confirmed(channel, items, settings.confirm_timeout)
             for tag in tags:

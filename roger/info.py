@@ -1,5 +1,5 @@
 """Information, cluster-wide: partitions and running jobs on every live node,
-and queued or buried jobs, looked at without consuming them.
+and queued, buried or rejected jobs, looked at without consuming them.
 
 `partitions()` and `running_jobs()` ask every live node through the system
 exchange (see `roger.system`) and return within `timeout` (one second by
@@ -16,6 +16,7 @@ flag (quorum queues also count the delivery in ``x-delivery-count``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from roger import config, message
@@ -26,9 +27,31 @@ from roger.node import system
 from roger.partition import settlement
 from roger.settings import Settings
 
-__all__ = ["buried_jobs", "partitions", "queued_jobs", "running_jobs"]
+__all__ = ["RejectedMessage", "buried_jobs", "partitions", "queued_jobs", "rejected_jobs",
+           "running_jobs"]
 
 log = logging.getLogger(__name__)
+
+# Characters of a rejected body that `rejected_jobs` shows: enough to tell
+# what sent it, and a listing of 100 messages stays small.
+BODY_TEXT_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class RejectedMessage:
+    """A message of a ``.rejected`` queue that is not a valid job, as `rejected_jobs` lists it.
+
+    `body` is the raw body as text (bytes that are not UTF-8 shown as
+    ``\\xNN`` escapes), cut to its first 500 characters; `size` is its
+    length in bytes. `id` is the AMQP message id, when the sender set one.
+    """
+
+    id: str | None
+    body: str
+    size: int
+    content_type: str | None
+    rejected_reason: str | None
+    rejected_error: str | None
 
 
 def queued_jobs(
@@ -54,13 +77,52 @@ def buried_jobs(
     return _peek(settings, partition, queue, name, limit)
 
 
-def _peek(
-    settings: Settings | None, partition: str, queue: str, queue_name: str, limit: int
-) -> list[Job]:
-    if limit <= 0:
-        return []
+def rejected_jobs(
+    partition: str, queue: str, limit: int = 100, *, settings: Settings | None = None
+) -> list[Job | RejectedMessage]:
+    """Up to `limit` messages in ``<partition>-<queue>.rejected``, oldest first.
+
+    A message that decodes as a job (an unknown job name, a duplicate id,
+    one over ``max_message_bytes``) comes back as its job record, a
+    `roger.job.UnregisteredJob` when its class is not registered here; any
+    other as a `RejectedMessage` with the start of its raw body. Each has
+    `rejected_reason` and `rejected_error`: its ``x-roger-reason`` and
+    ``x-roger-error`` headers (or None). `roger.replay_rejected` sends them
+    back to the queue.
+    """
     settings = settings or config.get_settings()
+    name = topology.rejected_queue_name(partition, queue)
+    out: list[Job | RejectedMessage] = []
+    for msg in _browse(settings, name, limit):
+        headers = msg.properties.get("application_headers") or {}
+        reason = headers.get(settlement.REASON_HEADER)
+        error = headers.get(settlement.ERROR_HEADER)
+        try:
+            job = _decode(msg, partition, queue)
+        except BadMessage:
+            out.append(_raw(msg, reason, error))
+            continue
+        job.rejected_reason, job.rejected_error = reason, error
+        out.append(job)
+    return out
+
+
+def _raw(msg: Any, reason: str | None, error: str | None) -> RejectedMessage:
+    body = msg.body
+    if isinstance(body, str):  # py-amqp decodes bodies that name an encoding
+        body = body.encode()
+    text = body.decode("utf-8", errors="backslashreplace")
+    if len(text) > BODY_TEXT_LIMIT:
+        text = text[:BODY_TEXT_LIMIT] + "..."
+    return RejectedMessage(msg.properties.get("message_id"), text, len(body),
+                           msg.properties.get("content_type"), reason, error)
+
+
+def _browse(settings: Settings, queue_name: str, limit: int) -> list[Any]:
+    """Up to `limit` messages of a queue, left in it."""
     raw: list[Any] = []
+    if limit <= 0:
+        return raw
     with broker.get_broker(settings).channel() as channel:
         while len(raw) < limit:
             msg = channel.basic_get(queue_name, no_ack=False)
@@ -68,17 +130,27 @@ def _peek(
                 break
             raw.append(msg)
         # Leaving the block closes the channel: every message goes back.
+    return raw
+
+
+def _decode(msg: Any, partition: str, queue: str) -> Job:
+    return message.decode(
+        msg.body,
+        msg.properties.get("content_type"),
+        partition=partition,
+        queue=queue,
+        redelivered=bool(msg.delivery_info.get("redelivered")),
+        fallback=UnregisteredJob,
+    )
+
+
+def _peek(
+    settings: Settings | None, partition: str, queue: str, queue_name: str, limit: int
+) -> list[Job]:
     jobs = []
-    for msg in raw:
+    for msg in _browse(settings or config.get_settings(), queue_name, limit):
         try:
-            job = message.decode(
-                msg.body,
-                msg.properties.get("content_type"),
-                partition=partition,
-                queue=queue,
-                redelivered=bool(msg.delivery_info.get("redelivered")),
-                fallback=UnregisteredJob,
-            )
+            job = _decode(msg, partition, queue)
         except BadMessage as exc:
             log.warning("skipping a message of %s that is not a job: %s", queue_name, exc)
             continue

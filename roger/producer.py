@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from roger import config, message, registry
 from roger.amqp import broker, topology
@@ -13,6 +13,11 @@ from roger.record import Record
 from roger.settings import Settings, check_partition_name, check_queue_name
 
 __all__ = ["enqueue_many"]
+
+# Where jobs go instead of RabbitMQ while `roger.testing` runs them inline or
+# captures them: called with (settings, partition, jobs, target queues) once
+# the jobs passed the checks below. None in production.
+divert: Callable[[Settings, str, list[Record], list[str]], None] | None = None
 
 
 def enqueue_many(
@@ -44,6 +49,9 @@ def enqueue_many(
         targets.append(check_queue_name(target))
     if not jobs:
         return jobs
+    if divert is not None:
+        divert(settings, partition, jobs, targets)
+        return jobs
 
     # Test-and-set with the partition's coordinator: one round trip per
     # batch, and none at all when no job has a queue_key.
@@ -56,11 +64,14 @@ def enqueue_many(
     return jobs
 
 
-def _publish(settings: Settings, partition: str, jobs: list[Record], targets: list[str]) -> None:
+def encode_jobs(settings: Settings, jobs: list[Record]) -> list[bytes]:
+    """The message bodies of `jobs`, stamped with `queued_at` now.
 
+    Raises `ValueError` for a job whose body is over ``max_message_bytes``.
+    """
     now = int(time.time() * 1000)
-    items = []
-    for job, target in zip(jobs, targets, strict=True):
+    bodies = []
+    for job in jobs:
         job.queued_at = now
         body = message.encode(job)
         if len(body) > settings.max_message_bytes:
@@ -68,7 +79,14 @@ def _publish(settings: Settings, partition: str, jobs: list[Record], targets: li
                 f"{job!r} encodes to {len(body)} bytes, more than "
                 f"max_message_bytes={settings.max_message_bytes}"
             )
-        items.append(Outgoing(topology.queue_name(partition, target), body, message_id=job.id))
+        bodies.append(body)
+    return bodies
+
+
+def _publish(settings: Settings, partition: str, jobs: list[Record], targets: list[str]) -> None:
+    items = [Outgoing(topology.queue_name(partition, target), body, message_id=job.id)
+             for job, target, body in zip(jobs, targets, encode_jobs(settings, jobs),
+                                          strict=True)]
 
     producer = broker.get_broker(settings)
     for target in dict.fromkeys(targets):

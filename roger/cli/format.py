@@ -7,6 +7,7 @@ prints, so the formats are easy to test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -54,7 +55,7 @@ def short(value: Any, width: int = 50) -> str:
 def job_record(job: Any) -> dict[str, Any]:
     """A job record as a JSON-ready dict."""
     record = {"name": job.name} | {f: getattr(job, f, None) for f in FIELDS}
-    for extra in ("buried_reason", "buried_error"):
+    for extra in ("buried_reason", "buried_error", "rejected_reason", "rejected_error"):
         if getattr(job, extra, None) is not None:
             record[extra] = getattr(job, extra)
     return record
@@ -65,6 +66,8 @@ def to_json(obj: Any) -> str:
     def default(value: Any) -> Any:
         if hasattr(value, "perform") and hasattr(value, "id"):
             return job_record(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.asdict(value)
         if isinstance(value, Path):
             return str(value)
         return str(value)
@@ -153,3 +156,13 @@ def jobs_text(jobs: Sequence[Any], what: str = "jobs") -> str:
     rows = [[j.id, j.name, j.retry_count, when(j.queued_at), short(j.args)] for j in jobs]
     text = table(("JOB ID", "NAME", "RETRIES", "QUEUED", "ARGS"), rows) if rows else ""
     return f"{text}\n({len(rows)} {what})".lstrip("\n")
+
+
+def rejected_text(entries: Sequence[Any]) -> str:
+    """`roger.info.rejected_jobs()`: job records show their args, other messages their body."""
+    rows = [[e.id, getattr(e, "name", None), e.rejected_reason,
+             short(e.args) if hasattr(e, "args") else short(e.body),
+             None if e.rejected_error is None else short(e.rejected_error, 40)]
+            for e in entries]
+    text = table(("ID", "NAME", "REASON", "ARGS OR BODY", "ERROR"), rows) if rows else ""
+    return f"{text}\n({len(rows)} rejected messages)".lstrip("\n")

@@ -11,6 +11,7 @@ examples:
   roger ctl reconfigure_partition myapp '{"default": 4}'
   roger info partitions
   roger pause myapp default
+  roger rejected list myapp default
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from roger.cli.format import jobs_text, partitions_text, running_text, status_text, to_json
+from roger.cli.format import (
+    jobs_text,
+    partitions_text,
+    rejected_text,
+    running_text,
+    status_text,
+    to_json,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(process)6d %(name)s: %(message)s"
 
@@ -219,6 +227,15 @@ def _add_queue_admin(sub: Any) -> None:
     buried.add_argument("partition")
     buried.add_argument("queue", nargs="?", default="default")
     buried.add_argument("--limit", type=int, default=100)
+    rejected = _command(sub, "rejected", "list messages that were not valid jobs, or replay "
+                        "them (each goes back to its queue once; still invalid: rejected again)",
+                        ["roger rejected list myapp default",
+                         "roger rejected replay myapp default"],
+                        _cmd_rejected, parents=[_common()])
+    rejected.add_argument("action", choices=["list", "replay"])
+    rejected.add_argument("partition")
+    rejected.add_argument("queue", nargs="?", default="default")
+    rejected.add_argument("--limit", type=int, default=100)
     purge = _command(sub, "purge", "delete every queued job of a queue",
                      ["roger purge myapp default"], _cmd_purge,
                      parents=[_common(json_output=False)])
@@ -355,6 +372,18 @@ def _cmd_buried(args: argparse.Namespace) -> int:
         return 0
     jobs = roger.info.buried_jobs(args.partition, args.queue, limit=args.limit)
     print(to_json(jobs) if args.json else jobs_text(jobs, "buried jobs"))
+    return 0
+
+
+def _cmd_rejected(args: argparse.Namespace) -> int:
+    import roger
+
+    _configured(args)
+    if args.action == "replay":
+        print(f"replayed {roger.replay_rejected(args.partition, args.queue)} messages")
+        return 0
+    entries = roger.info.rejected_jobs(args.partition, args.queue, limit=args.limit)
+    print(to_json(entries) if args.json else rejected_text(entries))
     return 0
 
 

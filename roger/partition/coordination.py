@@ -43,10 +43,14 @@ def claim_queue_keys(settings: Settings, partition: str, jobs: list[Record]) -> 
     reply = request(settings, partition, {"op": "claim", "keys": pairs})
     if not reply.get("ok"):
         if "duplicates" in reply:
-            raise DuplicateJob(f"partition {partition!r}: a job with queue_key "
-                               f"{', '.join(map(repr, reply['duplicates']))} is already "
-                               "queued or running")
+            raise duplicate_job(partition, reply["duplicates"])
         raise BrokerError(f"coordinator of {partition!r} refused the claim: {reply}")
+
+
+def duplicate_job(partition: str, keys: list[str]) -> DuplicateJob:
+    """The error for a claim that found `keys` held by other jobs."""
+    return DuplicateJob(f"partition {partition!r}: a job with queue_key "
+                        f"{', '.join(map(repr, keys))} is already queued or running")
 
 
 def release_queue_keys(settings: Settings, partition: str, jobs: list[Record]) -> None:

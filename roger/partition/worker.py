@@ -80,15 +80,25 @@ def run_worker(partition: str, queue: str, settings: Settings, conn: Any, inheri
         except (EOFError, OSError):
             return
         tag, redelivered = JOB_HEADER.unpack_from(frame)
-        job = message.decode(frame[JOB_HEADER.size:], "application/json")
-        job.partition, job.queue, job.redelivered = partition, queue, bool(redelivered)
-        job.started_at = int(time.time() * 1000)
-        outcome = _execute(partition, queue, job, tag, callbacks, settings.retry_levels)
+        outcome = run_job(partition, queue, frame[JOB_HEADER.size:], tag, bool(redelivered),
+                          callbacks, settings.retry_levels)
         done += 1
         if max_jobs is not None and done >= max_jobs:
             outcome = outcome[:1].lower() + outcome[1:]
         conn.send(outcome)
     log.debug("[%s/%s] worker %d recycled after %d jobs", partition, queue, os.getpid(), done)
+
+
+def run_job(partition: str, queue: str, body: bytes, tag: int, redelivered: bool,
+            callbacks: Callbacks, retry_levels: list[int]) -> bytes:
+    """Decode one job's message body, run it with its callbacks; return its outcome frame.
+
+    `roger.testing.inline` runs jobs through here too, in the calling process.
+    """
+    job = message.decode(body, "application/json")
+    job.partition, job.queue, job.redelivered = partition, queue, redelivered
+    job.started_at = int(time.time() * 1000)
+    return _execute(partition, queue, job, tag, callbacks, retry_levels)
 
 
 def _execute(partition: str, queue: str, job: Record, tag: int, callbacks: Callbacks,

@@ -14,7 +14,8 @@ from roger.cli import main
 from roger.cli.format import jobs_text, partitions_text, status_text, table
 from tests.roger.support import BROKER, child_env
 
-COMMANDS = ("run", "ctl", "enqueue", "info", "cancel", "pause", "resume", "purge", "buried")
+COMMANDS = ("run", "ctl", "enqueue", "info", "cancel", "pause", "resume", "purge", "buried",
+            "rejected")
 
 
 def roger_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -18,7 +18,8 @@ LAYERS = [
     ("amqp", ("roger.amqp",)),
     ("partition", ("roger.partition",)),
     ("node", ("roger.node",)),
-    ("api", ("roger.job", "roger.producer", "roger.info", "roger.admin", "roger")),
+    ("api", ("roger.job", "roger.producer", "roger.info", "roger.admin", "roger.testing",
+             "roger.pytest_plugin", "roger")),
     ("cli", ("roger.cli", "roger.supervisor", "roger.__main__")),
 ]
 
