@@ -81,9 +81,9 @@ def purge(partition: str, queue: str, *, settings: Settings | None = None) -> in
     """
     settings = settings or config.get_settings()
     producer = broker.get_broker(settings)
-    names = [topology.queue_name(partition, queue)] + [
+    names = [topology.queue_name(partition, queue)] + list(dict.fromkeys(  # levels may repeat
         topology.retry_queue_name(partition, queue, seconds) for seconds in settings.retry_levels
-    ]
+    ))
     total = 0
     for index, name in enumerate(names):
         try:

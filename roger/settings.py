@@ -158,9 +158,11 @@ class Settings(BaseSettings):
     control_socket: Path | None = Field(
         None, description="Unix control socket path; default <state_dir>/<node_name>.sock."
     )
-    retry_levels: list[Annotated[int, Field(gt=0)]] = Field(
+    retry_levels: list[Annotated[int | float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_LEVELS),
-        description="Seconds to wait before each retry, strictly increasing.",
+        min_length=1,
+        description="Seconds to wait before each retry, in order; any positive numbers, "
+                    "repeats allowed (e.g. [5, 5, 5]), to the millisecond.",
     )
     max_buried: int = Field(10_000, gt=0, description="Buried messages kept per queue.")
     shutdown_timeout: float = Field(
@@ -294,9 +296,10 @@ class Settings(BaseSettings):
 
     @field_validator("retry_levels")
     @classmethod
-    def _check_retry_levels(cls, value: list[int]) -> list[int]:
-        if any(later <= earlier for earlier, later in zip(value, value[1:], strict=False)):
-            raise ValueError("must be strictly increasing")
+    def _check_retry_levels(cls, value: list[float]) -> list[float]:
+        # A level is a retry queue's TTL, in whole milliseconds.
+        if any(round(seconds * 1000) < 1 for seconds in value):
+            raise ValueError("each level must be at least 0.001 seconds")
         return value
 
     @field_validator("callbacks")

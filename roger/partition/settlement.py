@@ -160,7 +160,8 @@ def truncate(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
     return text[: max(limit - len(_TRUNCATED), 0)] + _TRUNCATED
 
 
-def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_text: str) -> int:
+def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_text: str
+                  ) -> float:
     """Republish `job` with ``retry_count + 1`` to its next retry queue.
 
     Returns the delay in seconds. Raises `ValueError` when no retry level is

@@ -92,7 +92,7 @@ def run_worker(partition: str, queue: str, settings: Settings, conn: Any, inheri
 
 
 def _execute(partition: str, queue: str, job: Record, tag: int, callbacks: Callbacks,
-             retry_levels: list[int]) -> bytes:
+             retry_levels: list[float]) -> bytes:
     state = callbacks.call("before_run", partition, job)
     try:
         result = job.perform(job.args)
