@@ -31,6 +31,7 @@ def test_defaults():
     assert s.broker_url == "amqp://guest:guest@localhost:5672//"
     assert s.partitions == {} and s.imports == []
     assert s.retry_levels == DEFAULT_RETRY_LEVELS
+    assert s.queue_key_ttl == 7 * 24 * 3600  # a week
     assert (s.max_buried, s.shutdown_timeout, s.queue_type) == (10_000, 15, "quorum")
     assert s.callbacks is None and s.persister == "filesystem"
     assert s.system_exchange_prefix == "roger"
@@ -107,6 +108,7 @@ def test_broken_toml_names_the_file(tmp_path):
         ({"retry_levels": [5, 0.0001]}, "retry_levels"),
         ({"retry_levels": [5, "inf"]}, "retry_levels"),
         ({"max_buried": 0}, "max_buried"),
+        ({"queue_key_ttl": 0}, "queue_key_ttl"),
         ({"partitions": {"myapp": {"default": -1}}}, "partitions"),
         ({"partitions": {"my.app": {"default": 1}}}, "partitions"),
         ({"partitions": {"myapp": {"a-b": 1}}}, "partitions"),

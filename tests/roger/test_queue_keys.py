@@ -1,0 +1,49 @@
+"""SPEC 6: a queue_key is released when its job is buried, cancelled, purged or rejected,
+and no key stays taken forever (`queue_key_ttl`).
+
+Real nodes on the real RabbitMQ. Each test takes a key with a job, makes the
+event happen and checks what a producer sees: a new job with the same key
+can then be enqueued instead of raising `roger.DuplicateJob`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from testjobs import Keyed
+
+import roger
+from roger import Node
+from tests.helpers import wait_for
+from tests.roger.support import queue_depth
+
+
+def takes_key(partition: str, out: str, key: str = "k") -> bool:
+    """Enqueue a job with `key`: True when the key was free (it is now taken)."""
+    try:
+        Keyed.create({"out": out, "qkey": key}).enqueue(partition)
+    except roger.DuplicateJob:
+        return False
+    return True
+
+
+def pause(node: Node, partition: str) -> None:
+    """Pause the default queue and wait until this node knows (idle or not)."""
+    roger.pause(partition, "default")
+
+    def paused() -> bool:
+        queue = node.status()["running"][partition]["queues"]["default"]
+        return queue["paused"] is True and not queue["consuming"]
+
+    wait_for(paused, what="the queue paused")
+
+
+@pytest.mark.parametrize("idle_after", [0, 1.0])
+def test_a_key_whose_job_never_settles_is_freed_after_queue_key_ttl(make_settings, partition,
+                                                                    out, idle_after):
+    settings = make_settings(partitions={partition: {"default": 1}}, queue_key_ttl=1.0,
+                             idle_after=idle_after)
+    with Node(settings) as node:
+        pause(node, partition)  # the job stays queued, its key taken
+        Keyed.create({"out": out, "qkey": "k"}).enqueue(partition)
+        wait_for(lambda: takes_key(partition, out), what="the key to expire")
+        assert queue_depth(f"{partition}-default") == 2
