@@ -60,9 +60,10 @@ def release_queue_keys(settings: Settings, partition: str, jobs: list[Record]) -
 def cancel(partition: str, job_id: str, *, settings: Settings | None = None) -> None:
     """Cancel a job wherever it is: skipped when dequeued, or its worker killed if running.
 
-    ``on_cancel`` fires exactly once, on the node that finds the job. Cancelling
-    a job that already finished does nothing. The cancellation is remembered
-    for 24 hours (a job still queued after that runs).
+    ``on_cancel`` fires exactly once, on the node that finds the job. Its
+    `queue_key` is free at once, even while the job waits in a paused queue.
+    Cancelling a job that already finished does nothing. The cancellation is
+    remembered for 24 hours (a job still queued after that runs).
 
     >>> roger.cancel("myapp", job.id)
     """

@@ -275,6 +275,10 @@ class CoordinatorCore:
     def op_cancel(self, request: dict) -> dict:
         job_id = request["job_id"]
         self.state.cancel(job_id, time.time())
+        # Freed now, not when a consumer dequeues the job: its queue may be
+        # paused (or idle) for long. The job's own release, later, is a no-op.
+        for key in self.state.release_job(job_id):
+            log.info("[%s] queue key %r of cancelled job %s released", self.partition, key, job_id)
         self._save()
         self._broadcast({"type": "cancel", "job_id": job_id})
         log.info("[%s] job %s cancelled", self.partition, job_id)

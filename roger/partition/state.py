@@ -73,6 +73,14 @@ class State:
             return True
         return False
 
+    def release_job(self, job_id: str) -> list[str]:
+        """Free the keys `job_id` holds; returns them."""
+        # A scan: only cancel needs it, and keys are kept by key, not by job.
+        keys = [k for k, holder in self.queue_keys.items() if holder == job_id]
+        for k in keys:
+            self.release(k, job_id)
+        return keys
+
     def expire_keys(self, before: float, keys: Iterable[str] | None = None
                     ) -> list[tuple[str, str]]:
         """Free the keys (all, or those in `keys`) claimed before `before`.

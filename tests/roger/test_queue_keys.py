@@ -37,6 +37,17 @@ def pause(node: Node, partition: str) -> None:
     wait_for(paused, what="the queue paused")
 
 
+def test_cancelling_a_job_in_a_paused_queue_frees_its_key_at_once(node, partition, out):
+    pause(node, partition)
+    job = Keyed.create({"out": out, "qkey": "k"}).enqueue(partition)
+    assert not takes_key(partition, out)
+
+    roger.cancel(partition, job.id)
+
+    assert takes_key(partition, out)  # no wait: the job is still in its paused queue
+    assert queue_depth(f"{partition}-default") == 2
+
+
 @pytest.mark.parametrize("idle_after", [0, 1.0])
 def test_a_key_whose_job_never_settles_is_freed_after_queue_key_ttl(make_settings, partition,
                                                                     out, idle_after):

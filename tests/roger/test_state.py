@@ -38,6 +38,14 @@ def test_the_same_job_claiming_its_key_again_holds_it_afresh():
     assert state.expire_keys(before=100.0 - TTL) == []
 
 
+def test_releasing_a_jobs_keys_by_its_id():
+    state = State()
+    state.claim([("k", "a"), ("other", "b")], now=0.0)
+    assert state.release_job("a") == ["k"]
+    assert state.release_job("a") == []
+    assert state.queue_keys == {"other": "b"}
+
+
 def test_saved_state_keeps_when_each_key_was_claimed():
     state = State()
     state.claim([("k", "a")], now=5.0)
