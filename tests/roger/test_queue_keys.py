@@ -48,6 +48,15 @@ def test_cancelling_a_job_in_a_paused_queue_frees_its_key_at_once(node, partitio
     assert queue_depth(f"{partition}-default") == 2
 
 
+def test_a_job_rejected_as_bad_input_frees_its_key(node, partition, out):
+    class NotOnTheNode(Keyed):
+        """Defined after the node forked: its workers reject it as an unknown job."""
+
+    NotOnTheNode.create({"out": out, "qkey": "k"}).enqueue(partition)
+    wait_for(lambda: queue_depth(f"{partition}-default.rejected") == 1, what="the rejection")
+    wait_for(lambda: takes_key(partition, out), what="the key free")
+
+
 @pytest.mark.parametrize("idle_after", [0, 1.0])
 def test_a_key_whose_job_never_settles_is_freed_after_queue_key_ttl(make_settings, partition,
                                                                     out, idle_after):
