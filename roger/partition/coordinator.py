@@ -13,11 +13,12 @@ it becomes the active one. What a failover can lose: nothing that was
 acknowledged to a caller, since the coordinator saves before it replies or
 acks; an unanswered request times out at the caller, who may retry.
 
-A queue key is held from its claim until its job's release. So that no
-key can stay taken forever (a release lost with a whole cluster, a job that
-never comes back), a key whose job has not settled within `queue_key_ttl`
-is freed: the claim of that very key frees it at once, and every save
-sweeps the rest.
+A queue key is held from its claim until its job's release (it finished,
+was buried, rejected or purged), or its cancel. So that no key can stay
+taken forever (a release lost with a whole cluster, a job that never comes
+back), a key whose job has not settled within `queue_key_ttl` is freed:
+the claim of that very key frees it at once, and every save sweeps the
+rest.
 
 Requests are JSON messages with an ``op``; calls carry ``reply_to`` and
 ``correlation_id`` (RabbitMQ's direct reply-to); one-way notices
@@ -224,7 +225,11 @@ class CoordinatorCore:
         return {"ok": True}
 
     def op_release(self, request: dict) -> dict:
-        if self.state.release(request["key"], request["job_id"]):
+        # One key (a consumer settling a job), or a batch ("keys": purge, or a
+        # producer whose publish failed).
+        pairs = request.get("keys") or [(request["key"], request["job_id"])]
+        released = [key for key, job_id in pairs if self.state.release(key, job_id)]
+        if released:
             self._save()
         return {"ok": True}
 
