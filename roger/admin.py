@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import amqp
+
 from roger import config, message
 from roger.amqp import broker, publish, topology
 from roger.amqp.connection import QueueNotFound
 from roger.amqp.publish import Outgoing
 from roger.errors import BadMessage
 from roger.job import UnregisteredJob
-from roger.partition import settlement
+from roger.partition import coordination, settlement
 from roger.settings import Settings
 
 __all__ = ["purge", "replay_rejected", "retry_buried"]
@@ -121,20 +123,46 @@ def purge(partition: str, queue: str, *, settings: Settings | None = None) -> in
     """Delete every job waiting in a queue, including those waiting to retry.
 
     Returns how many were deleted. Running jobs (unacked deliveries) and the
-    buried and rejected queues are left alone.
+    buried and rejected queues are left alone. The queue keys of the deleted
+    jobs are freed: each message is read (a batch at a time, with
+    ``basic_get``), its key released, and only then deleted, so a failure
+    half-way deletes nothing whose key is still taken. Messages that arrive
+    while it runs may be left.
     """
     settings = settings or config.get_settings()
-    producer = broker.get_broker(settings)
-    names = [topology.queue_name(partition, queue)] + [
+    names = [topology.queue_name(partition, queue)] + list(dict.fromkeys(  # levels may repeat
         topology.retry_queue_name(partition, queue, seconds) for seconds in settings.retry_levels
-    ]
+    ))
     total = 0
     for index, name in enumerate(names):
         try:
-            with producer.channel() as channel:
-                total += channel.queue_purge(name) or 0
+            total += _purge_queue(settings, partition, name)
         except QueueNotFound:
             if index == 0:
                 raise  # the main queue itself is missing: say so
             # A retry queue that was never declared (other retry_levels).
     return total
+
+
+def _purge_queue(settings: Settings, partition: str, name: str) -> int:
+    """Delete the messages queue `name` holds now, freeing their queue keys first."""
+    # Read rather than queue_purge: only the messages say which keys they hold.
+    deleted = 0
+    with broker.get_broker(settings).channel() as channel:
+        # Bounded by the count at the start: a busy queue cannot keep it going.
+        remaining = channel.queue_declare(name, passive=True).message_count
+        while remaining > 0 and (batch := _get_batch(channel, name, min(_BATCH, remaining))):
+            remaining -= len(batch)
+            keys = [key for msg in batch if (key := message.queue_key_of(msg.body)) is not None]
+            coordination.release_keys(settings, partition, keys)
+            channel.basic_ack(batch[-1].delivery_info["delivery_tag"], multiple=True)
+            deleted += len(batch)
+    return deleted
+
+
+def _get_batch(channel: amqp.Channel, name: str, limit: int) -> list[amqp.Message]:
+    """Up to `limit` messages of queue `name`, unacked (closing the channel returns them)."""
+    batch = []
+    while len(batch) < limit and (msg := channel.basic_get(name, no_ack=False)) is not None:
+        batch.append(msg)
+    return batch

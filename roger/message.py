@@ -25,7 +25,7 @@ from roger import registry
 from roger.errors import BadMessage
 from roger.record import WIRE_FIELDS, Record
 
-__all__ = ["CONTENT_TYPE", "VERSION", "decode", "encode", "normalize_args"]
+__all__ = ["CONTENT_TYPE", "VERSION", "decode", "encode", "normalize_args", "queue_key_of"]
 
 CONTENT_TYPE = "application/json"
 VERSION = 1
@@ -142,6 +142,25 @@ def decode(
     if cls is fallback:
         job.__dict__["name"] = name
     return job
+
+
+def queue_key_of(body: bytes | str) -> tuple[str, str] | None:
+    """The ``(queue_key, id)`` a message body names, or None.
+
+    Lenient, for messages that are not (or are no longer to be) jobs: one
+    moved to ``.rejected``, or purged, still frees the key it was enqueued
+    with. Only these two fields are read; the rest may be anything.
+    """
+    try:
+        obj = _decode_json(body if isinstance(body, str) else bytes(body).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    key, job_id = obj.get("queue_key"), obj.get("id")
+    if type(key) is str and type(job_id) is str and job_id:
+        return key, job_id
+    return None
 
 
 def normalize_args(args: Any) -> Any:

@@ -41,6 +41,9 @@ __all__ = ["Settings", "describe_validation_error", "redact_url"]
 
 DEFAULT_CONFIG_FILE = Path("roger.toml")
 DEFAULT_RETRY_LEVELS = [1, 3, 5, 10, 20, 35, 60, 100, 200, 400, 1000, 1800]
+# A week: far beyond any queueing, retries included (the default levels add up
+# to an hour), yet a key lost with its job cannot block its producers for long.
+QUEUE_KEY_TTL = 7 * 24 * 3600.0
 
 # Names become parts of queue names: "<partition>-<queue>", "...retry.<s>",
 # "<partition>-execution-waiting-<key>". Dots are reserved for the suffixes
@@ -158,11 +161,18 @@ class Settings(BaseSettings):
     control_socket: Path | None = Field(
         None, description="Unix control socket path; default <state_dir>/<node_name>.sock."
     )
-    retry_levels: list[Annotated[int, Field(gt=0)]] = Field(
+    retry_levels: list[Annotated[int | float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_LEVELS),
-        description="Seconds to wait before each retry, strictly increasing.",
+        min_length=1,
+        description="Seconds to wait before each retry, in order; any positive numbers, "
+                    "repeats allowed (e.g. [5, 5, 5]), to the millisecond.",
     )
     max_buried: int = Field(10_000, gt=0, description="Buried messages kept per queue.")
+    queue_key_ttl: float = Field(
+        QUEUE_KEY_TTL, gt=0, allow_inf_nan=False,
+        description="Seconds a queue key is held at most: a key whose job has not settled by "
+                    "then (finished, buried, cancelled, purged or rejected) is released.",
+    )
     shutdown_timeout: float = Field(
         15.0, ge=0, description="Seconds running jobs get to finish on shutdown."
     )
@@ -294,9 +304,10 @@ class Settings(BaseSettings):
 
     @field_validator("retry_levels")
     @classmethod
-    def _check_retry_levels(cls, value: list[int]) -> list[int]:
-        if any(later <= earlier for earlier, later in zip(value, value[1:], strict=False)):
-            raise ValueError("must be strictly increasing")
+    def _check_retry_levels(cls, value: list[float]) -> list[float]:
+        # A level is a retry queue's TTL, in whole milliseconds.
+        if any(round(seconds * 1000) < 1 for seconds in value):
+            raise ValueError("each level must be at least 0.001 seconds")
         return value
 
     @field_validator("callbacks")

@@ -40,7 +40,11 @@ class SupervisorAPI:
         return self._request(("start_child", *args), timeout)
 
     def terminate_child(self, child_id: Any, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        """Stop a child per its `shutdown`; its spec stays (unless temporary)."""
+        """Stop a child per its `shutdown`.
+
+        Its spec stays, to `restart_child` or `delete_child`, unless it is
+        temporary or its supervisor a `DynamicSupervisor`: then it is gone.
+        """
         return self._request(("terminate_child", child_id), timeout)
 
     def restart_child(self, child_id: Any, timeout: float | None = DEFAULT_TIMEOUT) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from .errors import InvalidSpec, MaxChildren
 from .events import Event
 from .spec import ChildSpec
-from .supervisor import Supervisor
+from .supervisor import Supervisor, _Child
 
 
 class DynamicSupervisor(Supervisor):
@@ -19,7 +19,10 @@ class DynamicSupervisor(Supervisor):
     ``start_child(*args)`` starts a child running
     ``spec.start(*spec.args, *args, **spec.kwargs)`` and returns its id,
     ``f"{spec.id}-{n}"``. At most `max_children` run at once (None: no
-    limit). Strategy is always one_for_one.
+    limit). Strategy is always one_for_one. As in OTP and Elixir, a child
+    that stops for good (`terminate_child`, or an exit that is not
+    restarted) is removed: `which_children` no longer lists it, and there
+    is nothing to `restart_child` or `delete_child`.
 
     >>> pool = DynamicSupervisor(ChildSpec("worker", work, restart="transient"),
     ...                          max_children=4)
@@ -46,6 +49,9 @@ class DynamicSupervisor(Supervisor):
         self.spec = spec
         self.max_children = max_children
         self._seq = itertools.count(1)
+
+    def _keeps_stopped(self, child: _Child) -> bool:
+        return False  # its children are interchangeable: a stopped one is just gone
 
     def _op_start_child(self, *args: Any) -> Any:
         running = sum(c.running for c in self._children.values())

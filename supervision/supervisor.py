@@ -373,7 +373,7 @@ class Supervisor(SupervisorAPI):
         child = self._get(child_id)
         if child.running:
             self._terminate(child)
-        if child.spec.restart == "temporary":
+        if not self._keeps_stopped(child):
             self._children.pop(child_id, None)
 
     def _op_restart_child(self, child_id: Any) -> Any:
@@ -503,6 +503,10 @@ class Supervisor(SupervisorAPI):
         self._forget(child)
         self._emit("terminated", child, pid=proc.pid, exitcode=proc.exitcode)
 
+    def _keeps_stopped(self, child: _Child) -> bool:
+        """Whether a child that stopped for good stays listed: as in OTP, all but temporary."""
+        return child.spec.restart != "temporary"
+
     def _forget(self, child: _Child) -> None:
         if child.link is not None:
             child.link.close()
@@ -521,7 +525,7 @@ class Supervisor(SupervisorAPI):
         if not (spec.restart == "permanent" or (spec.restart == "transient" and code != 0)):
             log.info("%s: not restarting %r (%s, %s)", self.name, spec.id, spec.restart,
                      describe_exit(code))
-            if spec.restart == "temporary":
+            if not self._keeps_stopped(child):
                 self._children.pop(spec.id, None)
             if spec.significant:
                 self._check_auto_shutdown()

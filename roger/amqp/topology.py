@@ -27,9 +27,21 @@ def queue_name(partition: str, queue: str) -> str:
     return f"{check_partition_name(partition)}-{check_queue_name(queue)}"
 
 
-def retry_queue_name(partition: str, queue: str, seconds: int) -> str:
-    """The retry queue holding jobs for `seconds` before they return to the main queue."""
-    return f"{queue_name(partition, queue)}.retry.{seconds}"
+def retry_queue_name(partition: str, queue: str, seconds: float) -> str:
+    """The retry queue holding jobs for `seconds` before they return to the main queue.
+
+    One per delay, shared by the levels that repeat it. `seconds` is spelled
+    as its TTL is kept, to the millisecond: ``.retry.5`` (also for 5.0),
+    ``.retry.1.5``, ``.retry.0.25``.
+    """
+    whole, ms = divmod(ttl_ms(seconds), 1000)
+    spelled = f"{whole}.{ms:03d}".rstrip("0") if ms else str(whole)
+    return f"{queue_name(partition, queue)}.retry.{spelled}"
+
+
+def ttl_ms(seconds: float) -> int:
+    """A delay in whole milliseconds, as RabbitMQ's ``x-message-ttl`` takes it."""
+    return round(seconds * 1000)
 
 
 def buried_queue_name(partition: str, queue: str) -> str:
@@ -47,15 +59,16 @@ def queue_arguments(settings: Settings, partition: str, queue: str) -> dict[str,
 
     The main queue comes first. Retry queues hold a message for their TTL,
     then dead-letter it through the default exchange back to the main
-    queue. The side queues are classic: they are small, short-lived stops
-    (retry) or bounded archives (buried, drop-head overflow; rejected).
+    queue; levels that repeat a delay share its queue. The side queues are
+    classic: they are small, short-lived stops (retry) or bounded archives
+    (buried, drop-head overflow; rejected).
     """
     main = queue_name(partition, queue)
     queues: dict[str, dict[str, Any]] = {main: {"x-queue-type": settings.queue_type}}
     for seconds in settings.retry_levels:
         queues[retry_queue_name(partition, queue, seconds)] = {
             "x-queue-type": "classic",
-            "x-message-ttl": seconds * 1000,
+            "x-message-ttl": ttl_ms(seconds),
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": main,
         }

@@ -7,6 +7,8 @@ active for the partition answers (see `roger.partition.coordinator`). Plain jobs
 
 from __future__ import annotations
 
+import json
+
 from roger import config
 from roger.amqp import broker, rpc
 from roger.amqp.topology import declare_global, global_queue_name
@@ -55,18 +57,35 @@ def duplicate_job(partition: str, keys: list[str]) -> DuplicateJob:
 
 def release_queue_keys(settings: Settings, partition: str, jobs: list[Record]) -> None:
     """Give keys back (after a claim whose publish failed)."""
-    for job in jobs:
-        if job.queue_key is not None:
-            request(settings, partition, {"op": "release", "key": job.queue_key,
-                                          "job_id": job.id})
+    release_keys(settings, partition,
+                 [(job.queue_key, job.id) for job in jobs if job.queue_key is not None])
+
+
+def release_keys(settings: Settings, partition: str, pairs: list[tuple[str, str]]) -> None:
+    """Free each ``(queue_key, job_id)`` whose job still holds the key.
+
+    One persistent notice, confirmed by RabbitMQ, as consumers release keys:
+    the coordinator applies it in order with every request, so a claim sent
+    after this returns finds the keys free; and no coordinator needs to be
+    up meanwhile (a purge of a partition no node serves).
+    """
+    if not pairs:
+        return
+    producer = broker.get_broker(settings)
+    with producer.channel() as channel:
+        declare_global(channel, settings, partition)
+    producer.publish(global_queue_name(partition),
+                     json.dumps({"op": "release", "keys": pairs}).encode(),
+                     timeout=settings.confirm_timeout)
 
 
 def cancel(partition: str, job_id: str, *, settings: Settings | None = None) -> None:
     """Cancel a job wherever it is: skipped when dequeued, or its worker killed if running.
 
-    ``on_cancel`` fires exactly once, on the node that finds the job. Cancelling
-    a job that already finished does nothing. The cancellation is remembered
-    for 24 hours (a job still queued after that runs).
+    ``on_cancel`` fires exactly once, on the node that finds the job. Its
+    `queue_key` is free at once, even while the job waits in a paused queue.
+    Cancelling a job that already finished does nothing. The cancellation is
+    remembered for 24 hours (a job still queued after that runs).
 
     >>> roger.cancel("myapp", job.id)
     """

@@ -13,6 +13,13 @@ it becomes the active one. What a failover can lose: nothing that was
 acknowledged to a caller, since the coordinator saves before it replies or
 acks; an unanswered request times out at the caller, who may retry.
 
+A queue key is held from its claim until its job's release (it finished,
+was buried, rejected or purged), or its cancel. So that no key can stay
+taken forever (a release lost with a whole cluster, a job that never comes
+back), a key whose job has not settled within `queue_key_ttl` is freed:
+the claim of that very key frees it at once, and every save sweeps the
+rest.
+
 Requests are JSON messages with an ``op``; calls carry ``reply_to`` and
 ``correlation_id`` (RabbitMQ's direct reply-to); one-way notices
 (releases) are persistent and acked only once applied. Changes that
@@ -156,7 +163,7 @@ class CoordinatorCore:
             self.channels.requests.basic_reject(msg.delivery_tag, requeue=True)
             return
         if not self.active:
-            self.state = State.from_dict(self.persister.load(self.partition))
+            self.state = State.from_dict(self.persister.load(self.partition), time.time())
             self.active = True
             log.info("[%s] coordinator active on this node (%d queue keys, %d paused)",
                      self.partition, len(self.state.queue_keys), len(self.state.paused))
@@ -182,8 +189,19 @@ class CoordinatorCore:
         self.channels.requests.basic_ack(msg.delivery_tag)
 
     def _save(self) -> None:
-        self.state.expire(time.time())
+        now = time.time()
+        self.state.expire(now)
+        self._expire_keys(now)
         self.persister.save(self.partition, self.state.to_dict())
+
+    def _expire_keys(self, now: float, keys: list[str] | None = None) -> bool:
+        """Free the keys (all, or `keys`) held longer than `queue_key_ttl`; True if any."""
+        ttl = self.settings.queue_key_ttl
+        expired = self.state.expire_keys(now - ttl, keys)
+        for key, job_id in expired:
+            log.warning("[%s] queue key %r of job %s released: the job did not settle within "
+                        "queue_key_ttl (%g s)", self.partition, key, job_id, ttl)
+        return bool(expired)
 
     def _broadcast(self, event: dict) -> None:
         self.channels.publish.basic_publish(
@@ -195,14 +213,23 @@ class CoordinatorCore:
                 "cancelled": list(self.state.cancelled)}
 
     def op_claim(self, request: dict) -> dict:
-        taken = self.state.claim([(k, j) for k, j in request["keys"]])
+        pairs = [(k, j) for k, j in request["keys"]]
+        now = time.time()
+        expired = self._expire_keys(now, [k for k, _ in pairs])
+        taken = self.state.claim(pairs, now)
         if taken:
+            if expired:
+                self._save()
             return {"ok": False, "duplicates": taken}
         self._save()
         return {"ok": True}
 
     def op_release(self, request: dict) -> dict:
-        if self.state.release(request["key"], request["job_id"]):
+        # One key (a consumer settling a job), or a batch ("keys": purge, or a
+        # producer whose publish failed).
+        pairs = request.get("keys") or [(request["key"], request["job_id"])]
+        released = [key for key, job_id in pairs if self.state.release(key, job_id)]
+        if released:
             self._save()
         return {"ok": True}
 
@@ -253,6 +280,10 @@ class CoordinatorCore:
     def op_cancel(self, request: dict) -> dict:
         job_id = request["job_id"]
         self.state.cancel(job_id, time.time())
+        # Freed now, not when a consumer dequeues the job: its queue may be
+        # paused (or idle) for long. The job's own release, later, is a no-op.
+        for key in self.state.release_job(job_id):
+            log.info("[%s] queue key %r of cancelled job %s released", self.partition, key, job_id)
         self._save()
         self._broadcast({"type": "cancel", "job_id": job_id})
         log.info("[%s] job %s cancelled", self.partition, job_id)

@@ -128,8 +128,9 @@ class CoordinatorLink:
     def release_exec(self, job: Record) -> None:
         self._notify({"op": "release_exec", "key": job.execution_key, "job_id": job.id})
 
-    def release_queue_key(self, job: Record) -> None:
-        self._notify({"op": "release", "key": job.queue_key, "job_id": job.id})
+    def release_queue_key(self, key: str, job_id: str) -> None:
+        """Free `key` if `job_id` still holds it."""
+        self._notify({"op": "release", "key": key, "job_id": job_id})
 
     def _notify(self, request: dict) -> None:
         # Persistent and confirmed: a release must survive a broker restart,

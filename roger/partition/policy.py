@@ -14,7 +14,8 @@ worker was killed or died: no state survives)::
 The backoff is `retry_levels` seconds: after its n-th failure a retryable
 job waits ``retry_levels[n]`` seconds, then runs again with `retry_count`
 n+1. After the last level it is buried, with the reason as its
-``x-roger-reason`` header.
+``x-roger-reason`` header. Levels may repeat (``[5, 5, 5]``: a constant
+backoff): they are looked up by retry count, never by delay.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Decision:
     callbacks: tuple[str, ...]
 
 
-def next_delay(retry_count: int, levels: Sequence[int]) -> int | None:
+def next_delay(retry_count: int, levels: Sequence[float]) -> float | None:
     """Seconds to wait before the next attempt, or None: bury the job.
 
     `retry_count` is how many retries the job has had; a job that failed
@@ -55,7 +56,7 @@ def next_delay(retry_count: int, levels: Sequence[int]) -> int | None:
     return None
 
 
-def decide(job: Record, outcome: Outcome, retry_levels: Sequence[int]) -> Decision:
+def decide(job: Record, outcome: Outcome, retry_levels: Sequence[float]) -> Decision:
     """The one place that turns an outcome into a disposition.
 
     >>> decide(job, "error", [1, 3]).disposition  # doctest: +SKIP

@@ -10,7 +10,8 @@ the last to be confirmed:
    queue whose TTL dead-letters it back to the main queue), a buried one to
    ``.buried``, a bad message to ``.rejected`` with its reason;
 2. its queue key is released (not on retry: the key is held through
-   retries), and its execution key if it held one;
+   retries; for a bad message, when its body names one), and its
+   execution key if it held one;
 3. the delivery is acked, in the next batch of acks (`flush`).
 
 A crash between two steps runs a job again; it never loses one. The
@@ -93,7 +94,7 @@ class Settlement:
         # Keys are released before the ack: a crash in between runs the job
         # again (at least once) rather than leaving a key taken forever.
         if job.queue_key is not None and disposition != "retry":
-            self.coordinator.release_queue_key(job)
+            self.coordinator.release_queue_key(job.queue_key, job.id)
         if holds_exec_key:
             self.coordinator.release_exec(job)
         self.acks.settled(tag)
@@ -137,7 +138,20 @@ class Settlement:
                          body, props.get("application_headers") or {}, error.reason,
                          detail=error.detail or None, content_type=props.get("content_type"),
                          message_id=props.get("message_id"))
+        self._release_key_of(body, error.reason)
         self.acks.settled(tag)
+
+    def _release_key_of(self, body: bytes, reason: str) -> None:
+        """Free the queue key a rejected message was enqueued with, when its body says."""
+        # Not for duplicate_id: its twin runs here with the same job id and
+        # key, and releases the key when it settles. Not for too_large: its
+        # body is left unread, which is what the limit is for (the key goes
+        # after queue_key_ttl).
+        if reason in ("duplicate_id", "too_large"):
+            return
+        claimed = message.queue_key_of(body)
+        if claimed is not None:
+            self.coordinator.release_queue_key(*claimed)
 
     def ack(self, tag: int) -> None:
         """Ack a delivery that was handled without settling a job (parked elsewhere)."""
@@ -164,7 +178,8 @@ def truncate(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
     return text[: max(limit - len(_TRUNCATED), 0)] + _TRUNCATED
 
 
-def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_text: str) -> int:
+def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_text: str
+                  ) -> float:
     """Republish `job` with ``retry_count + 1`` to its next retry queue.
 
     Returns the delay in seconds. Raises `ValueError` when no retry level is

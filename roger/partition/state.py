@@ -1,12 +1,14 @@
 """A partition's global state, as its coordinator keeps it: plain data and pure operations.
 
 The coordinator (`roger.partition.coordinator`) is the only writer; it
-saves the state through the persister after every change. No I/O here, so
-every rule can be tested without a broker.
+saves the state through the persister after every change. No I/O here, and
+the time is always passed in, so every rule can be tested without a broker
+or a clock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["CANCELLED_TTL", "State"]
@@ -23,23 +25,36 @@ class State:
     exec_waiting: dict[str, int] = field(default_factory=dict)  # key -> parked jobs
     cancelled: dict[str, float] = field(default_factory=dict)  # job id -> forget after
     paused: set[str] = field(default_factory=set)
+    claimed_at: dict[str, float] = field(default_factory=dict)  # queue key -> when (epoch s)
 
     def to_dict(self) -> dict:
         return {"queue_keys": self.queue_keys, "exec_holders": self.exec_holders,
                 "exec_waiting": self.exec_waiting, "cancelled": self.cancelled,
-                "paused": sorted(self.paused)}
+                "paused": sorted(self.paused), "claimed_at": self.claimed_at}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> State:
+    def from_dict(cls, data: dict | None, now: float) -> State:
+        """The state `to_dict` saved; its keys without a claim time count from `now`.
+
+        State saved before keys had a time to live has none: such keys live
+        one `queue_key_ttl` from the moment a coordinator loads them.
+        """
         data = data or {}
-        return cls(dict(data.get("queue_keys", {})), dict(data.get("exec_holders", {})),
+        queue_keys = dict(data.get("queue_keys", {}))
+        claimed_at = data.get("claimed_at", {})
+        return cls(queue_keys, dict(data.get("exec_holders", {})),
                    dict(data.get("exec_waiting", {})), dict(data.get("cancelled", {})),
-                   set(data.get("paused", [])))
+                   set(data.get("paused", [])),
+                   {key: float(claimed_at.get(key, now)) for key in queue_keys})
 
     # ---- queue keys
 
-    def claim(self, pairs: list[tuple[str, str]]) -> list[str]:
-        """Claim every key for its job, or none: returns the keys held by other jobs."""
+    def claim(self, pairs: list[tuple[str, str]], now: float) -> list[str]:
+        """Claim every key for its job, or none: returns the keys held by other jobs.
+
+        A job claiming its own key again (the same record enqueued again)
+        holds it from `now` on.
+        """
         taken = [k for k, job_id in pairs if self.queue_keys.get(k, job_id) != job_id]
         seen: dict[str, str] = {}
         for k, job_id in pairs:  # two jobs of one batch with the same key
@@ -47,13 +62,37 @@ class State:
                 taken.append(k)
         if not taken:
             self.queue_keys.update(pairs)
+            self.claimed_at.update((k, now) for k, _ in pairs)
         return taken
 
     def release(self, key: str, job_id: str) -> bool:
+        """Free `key` if `job_id` holds it (a stale release never frees a newer claim)."""
         if self.queue_keys.get(key) == job_id:
             del self.queue_keys[key]
+            self.claimed_at.pop(key, None)
             return True
         return False
+
+    def release_job(self, job_id: str) -> list[str]:
+        """Free the keys `job_id` holds; returns them."""
+        # A scan: only cancel needs it, and keys are kept by key, not by job.
+        keys = [k for k, holder in self.queue_keys.items() if holder == job_id]
+        for k in keys:
+            self.release(k, job_id)
+        return keys
+
+    def expire_keys(self, before: float, keys: Iterable[str] | None = None
+                    ) -> list[tuple[str, str]]:
+        """Free the keys (all, or those in `keys`) claimed before `before`.
+
+        Returns each freed key with the job that held it.
+        """
+        candidates = self.claimed_at if keys is None else set(keys) & self.claimed_at.keys()
+        old = [k for k in candidates if self.claimed_at[k] < before]
+        expired = [(k, self.queue_keys[k]) for k in old]
+        for k, job_id in expired:
+            self.release(k, job_id)
+        return expired
 
     # ---- execution keys
 

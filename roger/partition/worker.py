@@ -102,7 +102,7 @@ def run_job(partition: str, queue: str, body: bytes, tag: int, redelivered: bool
 
 
 def _execute(partition: str, queue: str, job: Record, tag: int, callbacks: Callbacks,
-             retry_levels: list[int]) -> bytes:
+             retry_levels: list[float]) -> bytes:
     state = callbacks.call("before_run", partition, job)
     try:
         result = job.perform(job.args)

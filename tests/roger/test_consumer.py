@@ -220,6 +220,17 @@ def test_retries_then_buried_then_retry_buried(partition, make_settings, out):
     assert [e["retry_count"] for e in events(out, "start")] == [0, 1, 0, 1]
 
 
+def test_a_constant_backoff_retries_at_each_level_then_buries(partition, make_settings, out):
+    settings = make_settings(partitions={partition: {"default": 1}}, retry_levels=[1, 1],
+                             callbacks="testjobs:Callbacks")
+    with Node(settings):
+        job = Fail.create({"out": out}).enqueue(partition)
+        buried = wait_for(lambda: info.buried_jobs(partition, "default"), what="buried job")
+    assert [e["retry_count"] for e in events(out, "start")] == [0, 1, 2]
+    assert [b.id for b in buried] == [job.id]
+    assert len(events(out, "on_buried")) == 1
+
+
 def test_callbacks_wrap_the_job_and_pass_state(partition, make_settings, out):
     settings = make_settings(partitions={partition: {"default": 1}},
                              callbacks="testjobs:Callbacks")

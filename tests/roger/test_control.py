@@ -143,6 +143,22 @@ def test_partition_commands(node, partition):
         forget(other)
 
 
+@pytest.mark.parametrize("idle_after", [0, 1.0])
+def test_reconfigure_to_no_queue_then_back_consumes_again(make_settings, partition, out,
+                                                          idle_after):
+    settings = make_settings(partitions={partition: {"default": 1}}, idle_after=idle_after)
+    with Node(settings) as node, ctl(node) as c:
+        status = c.request("reconfigure_partition", partition=partition, queues={})
+        assert status["running"][partition]["queues"] == {}
+        job = Record.create({"out": out}).enqueue(partition)
+        assert queue_depth(f"{partition}-default") == 1  # nothing consumes it
+
+        status = c.request("reconfigure_partition", partition=partition,
+                           queues={"default": 1})
+        assert status["running"][partition]["queues"]["default"]["max_workers"] == 1
+        assert [e["id"] for e in wait_for(lambda: ends(out), what="the job")] == [job.id]
+
+
 def test_pause_resume_and_cancel_act_on_the_cluster(make_settings, partition):
     with Node(make_settings(partitions={partition: {"default": 1}})) as node, ctl(node) as c:
         assert c.request("pause", partition=partition, queue="default") == {"ok": True}

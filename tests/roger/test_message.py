@@ -149,3 +149,16 @@ def test_args_mutated_after_create_fail_encode_naming_the_value():
     job.args["when"] = object()
     with pytest.raises(TypeError, match=r"args\['when'\]"):
         message.encode(job)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (json.dumps(wire(id="abc")).encode(), ("img-9", "abc")),
+    (json.dumps(wire(id="abc", name="nowhere:Job", retry_count="x")), ("img-9", "abc")),
+    (json.dumps(wire(queue_key=None)).encode(), None),
+    (json.dumps(wire(queue_key=7)).encode(), None),
+    (json.dumps(wire(id="")).encode(), None),
+    (b"[1, 2]", None),
+    (b"\xff garbage", None),
+])
+def test_the_queue_key_of_a_message_that_is_not_a_valid_job(body, expected):
+    assert message.queue_key_of(body) == expected

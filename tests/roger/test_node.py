@@ -11,8 +11,9 @@ from pathlib import Path
 
 import kombu
 import pytest
-from testjobs import Record, ends, read
+from testjobs import Keyed, Record, ends, read
 
+import roger
 from roger import Node
 from tests.helpers import alive, wait_for
 from tests.roger.support import BROKER, child_env, delete_queues, queue_depth, queue_names
@@ -54,6 +55,26 @@ def test_start_reconfigure_stop_restart_partition(partition, make_settings, out)
         assert partition not in node.status()["running"]
         with pytest.raises(Exception, match="not configured"):
             node.restart_partition(partition)
+
+
+@pytest.mark.parametrize("idle_after", [0, 30.0])
+def test_a_partition_emptied_of_queues_keeps_its_coordinator_and_consumes_again_when_given_some(
+        partition, make_settings, out, idle_after):
+    settings = make_settings(partitions={partition: {"default": 1}}, idle_after=idle_after)
+    with Node(settings) as node:
+        first = Record.create({"out": out}).enqueue(partition)  # awake, even with idle queues
+        wait_for(lambda: ends(out), what="the first job")
+        status = node.reconfigure_partition(partition, {})
+        assert status["running"][partition]["queues"] == {}
+        job = Keyed.create({"out": out, "qkey": "k"}).enqueue(partition)
+        with pytest.raises(roger.DuplicateJob):  # its coordinator still answers
+            Keyed.create({"out": out, "qkey": "k"}).enqueue(partition)
+        assert queue_depth(f"{partition}-default") == 1  # nothing consumes it
+
+        status = node.reconfigure_partition(partition, {"default": 1})
+        assert status["running"][partition]["queues"]["default"]["max_workers"] == 1
+        done = wait_for(lambda: len(ends(out)) == 2 and ends(out), what="the second job")
+        assert [e["id"] for e in done] == [first.id, job.id]
 
 
 def test_crash_loop_in_one_partition_never_disturbs_another(make_settings, out, partition):

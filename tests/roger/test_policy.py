@@ -3,8 +3,10 @@
 import pytest
 
 import roger
+from roger.amqp import topology
 from roger.callbacks import Callbacks
 from roger.partition.policy import decide, fire, next_delay
+from roger.settings import Settings
 
 
 class Plain(roger.Job):
@@ -45,6 +47,13 @@ def test_each_outcome_settles_one_way(job_class, retries, outcome, disposition, 
 
 def test_the_delay_is_the_level_of_the_retry_count():
     assert [next_delay(n, [5, 5, 30]) for n in range(4)] == [5, 5, 30, None]
+
+
+def test_repeated_levels_share_one_retry_queue_and_fractions_keep_their_milliseconds():
+    settings = Settings(retry_levels=[5, 5, 5.0, 1.5, 0.25, 1.5], _config_file=None)
+    retry_queues = {name: arguments["x-message-ttl"] for name, arguments
+                    in topology.queue_arguments(settings, "p", "q").items() if ".retry." in name}
+    assert retry_queues == {"p-q.retry.5": 5000, "p-q.retry.1.5": 1500, "p-q.retry.0.25": 250}
 
 
 def test_fire_passes_each_callback_its_own_arguments():

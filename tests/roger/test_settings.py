@@ -31,6 +31,7 @@ def test_defaults():
     assert s.broker_url == "amqp://guest:guest@localhost:5672//"
     assert s.partitions == {} and s.imports == []
     assert s.retry_levels == DEFAULT_RETRY_LEVELS
+    assert s.queue_key_ttl == 7 * 24 * 3600  # a week
     assert (s.max_buried, s.shutdown_timeout, s.queue_type) == (10_000, 15, "quorum")
     assert s.callbacks is None and s.persister == "filesystem"
     assert s.system_exchange_prefix == "roger"
@@ -74,6 +75,11 @@ def test_structured_env_values_are_json(monkeypatch):
     assert s.imports == ["app.jobs"]
 
 
+@pytest.mark.parametrize("levels", [[5, 5, 5], [30, 10], [0.5, 1.5, 1.5], [1]])
+def test_retry_levels_are_any_positive_numbers(levels):
+    assert Settings(retry_levels=levels).retry_levels == levels
+
+
 def test_explicit_config_file_and_load_dropping_unset_flags(monkeypatch, tmp_path):
     path = write_toml(tmp_path / "elsewhere.toml", 'queue_type = "classic"\nmax_buried = 7\n')
     s = Settings.load(config=path, max_buried=None, min_workers=2)
@@ -97,9 +103,12 @@ def test_broken_toml_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"retry_levels": [5, 3]}, "retry_levels"),
+        ({"retry_levels": []}, "retry_levels"),
         ({"retry_levels": [0, 3]}, "retry_levels"),
+        ({"retry_levels": [5, 0.0001]}, "retry_levels"),
+        ({"retry_levels": [5, "inf"]}, "retry_levels"),
         ({"max_buried": 0}, "max_buried"),
+        ({"queue_key_ttl": 0}, "queue_key_ttl"),
         ({"partitions": {"myapp": {"default": -1}}}, "partitions"),
         ({"partitions": {"my.app": {"default": 1}}}, "partitions"),
         ({"partitions": {"myapp": {"a-b": 1}}}, "partitions"),

@@ -138,6 +138,13 @@ class Keyed(Record):
         return args.get("xkey")
 
 
+class KeyedFail(Fail):
+    """A Fail (retryable) whose queue_key comes from its args."""
+
+    def queue_key(self, args):
+        return args.get("qkey")
+
+
 class CancelCallbacks(Callbacks):
     def on_cancel(self, partition, job):
         record(job.args["out"], event="on_cancel", id=job.id, pid=os.getpid())

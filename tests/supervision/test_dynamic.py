@@ -32,17 +32,35 @@ def test_dynamic_children_controlled_from_another_process(trees):
 
     handle.terminate_child("w-1")
     assert not old.alive()
-    assert [(c.id, c.state, c.pid) for c in handle.which_children()][0] == ("w-1", "stopped", None)
-    assert handle.count_children()["active"] == 1
+    assert events.wait1("terminated", "w-1").reason == "signal SIGTERM"
 
-    new_pid = handle.restart_child("w-1")
-    assert new_pid != old.pid and handle.which_children()[0].pid == new_pid
-    assert handle.call_child("w-1", ("args",)) == ("base", 1)
+
+def test_a_terminated_dynamic_child_is_gone_as_in_otp(trees):
+    handle = trees.start(DynamicSupervisor(ChildSpec("w", serve)))
+    handle.start_child()
+    handle.start_child()
 
     handle.terminate_child("w-1")
-    handle.delete_child("w-1")
+
     assert [c.id for c in handle.which_children()] == ["w-2"]
-    assert events.wait1("terminated", "w-1").reason == "signal SIGTERM"
+    assert handle.count_children() == {"specs": 1, "active": 1, "supervisors": 0, "workers": 1}
+    for op in (handle.terminate_child, handle.restart_child, handle.delete_child):
+        with pytest.raises(UnknownChild, match="'w-1'"):
+            op("w-1")
+    assert handle.start_child() == "w-3"  # ids are never reused
+
+
+def test_a_dynamic_child_that_exits_for_good_is_gone(trees):
+    events = trees.events()
+    handle = trees.start(DynamicSupervisor(ChildSpec("w", serve, restart="transient"),
+                                           on_event=events))
+    handle.start_child()
+    handle.start_child()
+
+    handle.cast_child("w-1", ("exit", 0))  # a transient child's normal exit: no restart
+    events.wait1("exited", "w-1")
+
+    assert [c.id for c in handle.which_children()] == ["w-2"]
 
 
 def test_control_errors_are_clear(trees):
@@ -75,9 +93,9 @@ def test_max_children(trees):
     with pytest.raises(MaxChildren, match="max_children"):
         handle.start_child()
 
-    handle.terminate_child("w-1")  # stopped children do not count
+    handle.terminate_child("w-1")  # a terminated child leaves room
     assert handle.start_child() == "w-3"
-    assert handle.count_children() == {"specs": 3, "active": 2, "supervisors": 0, "workers": 3}
+    assert handle.count_children() == {"specs": 2, "active": 2, "supervisors": 0, "workers": 2}
 
 
 def test_a_nested_dynamic_supervisor_through_handle_child(trees):
@@ -94,10 +112,6 @@ def test_a_nested_dynamic_supervisor_through_handle_child(trees):
     assert events.wait1("started", cid).supervisor == "pool"
 
     nested.terminate_child(cid)
-    assert nested.which_children()[0].state == "stopped"
-    assert nested.restart_child(cid) == nested.which_children()[0].pid
-    nested.terminate_child(cid)
-    nested.delete_child(cid)
     assert nested.which_children() == []
     assert handle.count_children() == {"specs": 1, "active": 1, "supervisors": 1, "workers": 0}
 
