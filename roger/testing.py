@@ -22,6 +22,7 @@ import contextlib
 import copy
 import logging
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from typing import TypeVar
@@ -79,7 +80,7 @@ class Captured:
         bodies = producer.encode_jobs(settings, jobs)
         pairs = [(job.queue_key, job.id) for job in jobs if job.queue_key is not None]
         with self._lock:
-            taken = self._states[partition].claim(pairs)
+            taken = self._states[partition].claim(pairs, time.time())
             if taken:
                 raise coordination.duplicate_job(partition, taken)
             received = []
