@@ -55,14 +55,37 @@ class RejectedMessage:
 
 
 def queued_jobs(
-    partition: str, queue: str, limit: int = 100, *, settings: Settings | None = None
+    partition: str, queue: str, limit: int = 100, *, settings: Settings | None = None,
+    timeout: float = 1.0,
 ) -> list[Job]:
     """Up to `limit` jobs waiting in ``<partition>-<queue>``, oldest first.
 
-    Jobs of classes not registered in this process come back as
-    `roger.job.UnregisteredJob` records; undecodable messages are skipped.
+    Waiting means not started: the messages in the queue, and before them
+    the deliveries that consumers hold for a free worker (a prefetch above
+    `max_workers`, see `prefetch_multiplier`), asked of every live node
+    within `timeout` seconds. Jobs of classes not registered in this process
+    come back as `roger.job.UnregisteredJob` records; undecodable messages
+    are skipped.
     """
-    return _peek(settings, partition, queue, topology.queue_name(partition, queue), limit)
+    settings = settings or config.get_settings()
+    held = _held(settings, partition, queue, timeout) if limit > 0 else []
+    return (held + _peek(settings, partition, queue, topology.queue_name(partition, queue),
+                         limit - len(held)))[:max(limit, 0)]
+
+
+def _held(settings: Settings, partition: str, queue: str, timeout: float) -> list[Job]:
+    answers = system.gather(settings, "waiting_jobs", timeout, partition=partition,
+                            queue=queue)
+    jobs = []
+    for node, records in answers.items():
+        for record in records:
+            try:
+                jobs.append(message.decode(record.encode(), "application/json",
+                                           partition=partition, queue=queue,
+                                           fallback=UnregisteredJob))
+            except BadMessage as exc:
+                log.warning("node %s sent a waiting job that is not a job: %s", node, exc)
+    return sorted(jobs, key=lambda job: job.queued_at or 0)
 
 
 def buried_jobs(

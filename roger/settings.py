@@ -193,6 +193,11 @@ class Settings(BaseSettings):
         None, gt=0, description="Recycle a worker after this many jobs; None: never."
     )
     min_workers: int = Field(0, ge=0, description="Workers kept alive while a queue is idle.")
+    prefetch_multiplier: float = Field(
+        1.0, ge=1,
+        description="A consumer's prefetch is ceil(max_workers * prefetch_multiplier); "
+                    "deliveries beyond the running jobs wait in the consumer, in order.",
+    )
     idle_after: float = Field(
         30.0, ge=0,
         description="Seconds without a message after which a queue gives back its consumer, "

@@ -126,6 +126,8 @@ class System(Service):
             return partitions_view(status)
         if cmd == "running_jobs":
             return running_view(status, body.get("partition"))
+        if cmd == "waiting_jobs":
+            return waiting_view(status, body.get("partition"), body.get("queue"))
         raise ValueError(f"unknown system command {cmd!r}")
 
 
@@ -155,6 +157,13 @@ def running_view(status: dict, partition: str | None) -> dict:
                                for r in info.get("running", []) if "record" in r)
         out[name] = entries
     return out
+
+
+def waiting_view(status: dict, partition: str | None, queue: str | None) -> list[str]:
+    """The records of jobs a consumer of `partition`/`queue` holds without running them."""
+    p = status.get("running", {}).get(partition, {})
+    info = p.get("queues", {}).get(queue) if isinstance(p, dict) else None
+    return list(info.get("waiting", [])) if isinstance(info, dict) else []
 
 
 def gather(settings: Settings, cmd: str, timeout: float = 1.0, **args: Any) -> dict[str, Any]:

@@ -213,6 +213,11 @@ class Admission:
             return True
         return False
 
+    def waiting(self) -> list[Record]:
+        """The jobs delivered here that have not started: backlog, held twins, key requests."""
+        return [d.job for d in (*self.backlog, *self.twins,
+                                *self.coordinator.pending.values())]
+
     def requeue_backlog(self) -> None:
         """Hand the deliveries that have not started back to RabbitMQ (with the held copies)."""
         for waiting in (self.twins, self.backlog):

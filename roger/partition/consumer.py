@@ -30,6 +30,7 @@ never lost to a shutdown.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -298,9 +299,14 @@ class Consumer(Service):
     def _subscribe(self) -> None:
         if (self.workers > 0 and self.ctag is None and not self.draining
                 and self.queue not in self.coordinator.paused):
-            self.channel.basic_qos(0, self.workers, False)
+            self.channel.basic_qos(0, self.prefetch(), False)
             self.ctag = self.channel.basic_consume(self.qname,
                                                    callback=self.later(self._on_delivery))
+
+    def prefetch(self) -> int:
+        """``ceil(max_workers * prefetch_multiplier)``: deliveries beyond the running
+        ones wait here, in order, for a free worker (see `roger.partition.admission`)."""
+        return math.ceil(self.workers * self.settings.prefetch_multiplier)
 
     def _unsubscribe(self) -> None:
         if self.ctag is not None:
@@ -367,4 +373,6 @@ class Consumer(Service):
                  "record": message.encode(e.job).decode()}
                 for t, e in self.admission.inflight.items()
             ],
+            # Delivered but not started: still queued, from the user's point of view.
+            "waiting": [message.encode(job).decode() for job in self.admission.waiting()],
         }
