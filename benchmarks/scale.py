@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import urllib.parse
@@ -98,7 +99,9 @@ def _ms(v: float) -> str:
 
 GOALS = [
     Goal("start", "{n:,} partitions x 2 queues, idle: `Node.start()` returns", "<= 60 s",
-         lambda f: f["start"] <= 60.0, lambda f: f"{f['start']:.1f} s"),
+         lambda f: f["start"] <= 60.0,
+         lambda f: f"{f['start']:.1f} s" + (f" (again, its queues declared: {f['restart']:.1f} s)"
+                                            if "restart" in f else "")),
     Goal("uss", "the same node 2x idle_after later: USS of its whole process tree",
          "<= 1.5 GiB", lambda f: f["uss"] <= 1536.0,
          lambda f: f"{f['uss']:,.0f} MiB ({f['procs']:.0f} processes)"),
@@ -107,22 +110,23 @@ GOALS = [
     Goal("first_dormant", "first job on an idle queue of a dormant partition: enqueue -> "
          "perform start, p99", "<= busy-queue p99 + 500 ms",
          lambda f: f["first_dormant"] <= f["busy_p99"] + 500.0,
-         lambda f: f"{_ms(f['first_dormant'])} (p50 {_ms(f['first_dormant_p50'])}; "
-                   f"busy p99 {_ms(f['busy_p99'])})"),
+         lambda f: f"{_ms(f['first_dormant'])} (p50 {_ms(f['first_dormant_p50'])}, max "
+                   f"{_ms(f['first_dormant_max'])}; busy p99 {_ms(f['busy_p99'])})"),
     Goal("first_idle", "first job on an idle queue of an awake partition: enqueue -> "
          "perform start, p99", "<= busy-queue p99 + 500 ms",
          lambda f: f["first_idle"] <= f["busy_p99"] + 500.0,
-         lambda f: f"{_ms(f['first_idle'])} (p50 {_ms(f['first_idle_p50'])}; "
-                   f"busy p99 {_ms(f['busy_p99'])})"),
+         lambda f: f"{_ms(f['first_idle'])} (p50 {_ms(f['first_idle_p50'])}, max "
+                   f"{_ms(f['first_idle_max'])}; busy p99 {_ms(f['busy_p99'])})"),
     Goal("keyed", "a job with a queue_key on an idle (dormant) partition: `enqueue` p99",
          "<= 2x a busy partition's", lambda f: f["keyed"] <= 2 * f["keyed_busy"],
-         lambda f: f"{_ms(f['keyed'])} (busy partition {_ms(f['keyed_busy'])}: "
-                   f"{f['keyed'] / f['keyed_busy']:.2f}x)"),
+         lambda f: f"{_ms(f['keyed'])} (max {_ms(f['keyed_max'])}; busy partition "
+                   f"{_ms(f['keyed_busy'])}: {f['keyed'] / f['keyed_busy']:.2f}x)"),
     Goal("rotation", "{n:,} partitions, 10 busy at a time (rotating every 10 s), "
          "throughput / 10 partitions alone", ">= 0.9x",
          lambda f: f["rotation"] / f["alone"] >= 0.9,
          lambda f: f"{f['rotation'] / f['alone']:.2f}x ({f['rotation']:,.0f} / "
-                   f"{f['alone']:,.0f} jobs/s)"),
+                   f"{f['alone']:,.0f} jobs/s; alone: the mean of a run before and one "
+                   "after the big node)"),
 ]
 # Figures a goal needs besides its own key (a reference measured in another phase).
 NEEDS = {"first_dormant": ["busy_p99"], "first_idle": ["busy_p99"], "keyed": ["keyed_busy"],
@@ -179,6 +183,14 @@ def _phase(run: Run, keys: list[str], fn: Callable[[], None]) -> bool:
 # ------------------------------------------------------------ driver helpers
 
 
+def _node_settings(cfg: Config, tag: str) -> dict[str, Any]:
+    """idle_after, and a system exchange of the node's own: on the shared broker other
+    sessions' roger nodes and `roger.info` calls would otherwise reach it (every
+    cluster-wide call asks the node's root for its status)."""
+    return {"idle_after": IDLE_AFTER, "system_exchange_prefix": cfg.name(tag)}
+
+
+
 def _predeclare(settings: Any, pairs: list[tuple[str, str]]) -> None:
     """Declare queue families from the driver's producer now, as a long-lived producer
     would have, so that enqueue timings do not include a first declaration."""
@@ -217,15 +229,20 @@ class _Counting(Tally):
 
 
 def feed(system: RogerSystem, partitions: list[str], out: str, duration: float,
-         window: float | None, warm_up: float = 0.0) -> float:
+         window: float | None, warm_up: float = 0.0) -> tuple[float, list[float]]:
     """Keep ACTIVE partitions busy (BACKLOG jobs queued each) for warm_up + duration
-    seconds, moving to the next ACTIVE every `window` s (None: always the same);
-    returns jobs/s completed within the last `duration` seconds."""
+    seconds, moving to the next ACTIVE every `window` s (None: always the same).
+
+    Returns jobs/s completed within the last `duration` seconds, and for each
+    partition fed the seconds from its first enqueue to its first job's start
+    (how long waking it took, under load).
+    """
     import roger
     from benchmarks.jobs import NoOp
 
     tally = _Counting(out)
     sent = [0] * len(partitions)
+    first_sent: dict[int, float] = {}
     start, wall = time.monotonic(), time.time()
     end = start + warm_up + duration
     while (now := time.monotonic()) < end:
@@ -235,6 +252,7 @@ def feed(system: RogerSystem, partitions: list[str], out: str, duration: float,
             outstanding = sent[j] - tally.by_slot[j]
             if outstanding < BACKLOG // 2:
                 count = BACKLOG - outstanding
+                first_sent.setdefault(j, time.time())
                 jobs = [NoOp.create(rabbit.body_of(j * STRIDE + sent[j] + m, out))
                         for m in range(count)]
                 roger.enqueue_many(jobs, partitions[j], "a", settings=system.settings)
@@ -244,7 +262,13 @@ def feed(system: RogerSystem, partitions: list[str], out: str, duration: float,
         time.sleep(0.01)
     tally.poll()
     t0 = wall + warm_up
-    return sum(1 for t in tally.done.values() if t0 <= t < t0 + duration) / duration
+    first_done: dict[int, float] = {}
+    for index, t in tally.done.items():
+        slot = index // STRIDE
+        if t < first_done.get(slot, float("inf")):
+            first_done[slot] = t
+    wakes = [first_done[j] - first_sent[j] for j in first_sent if j in first_done]
+    return sum(1 for t in tally.done.values() if t0 <= t < t0 + duration) / duration, wakes
 
 
 def _status(system: RogerSystem, timeout: float = 300.0) -> tuple[dict, float]:
@@ -273,13 +297,18 @@ def tenants(cfg: Config, workdir: str, node: RabbitNode, queue_type: str, label:
     c = dataclasses.replace(cfg, broker_url=node.url)
     port = urllib.parse.urlsplit(node.url).port or 5672
     tag = f"t{queue_type[0]}"
+    # The reference (10 partitions alone) runs before and after the big node: quorum
+    # queues' throughput drifts by 20 % within minutes, and the mean evens the drift out.
+    # Before the broker's own figures are read, so that its queues are not counted.
+    alone: list[float] = []
+    _phase(run, [], lambda: _alone(run, c, workdir, queue_type, own_broker, sizes, alone, 0))
     try:
         before = {"memory": node.memory(), "fds": node.file_descriptors()}
     except BenchError as e:
         before = {}
         progress(f"scale [{label}] cannot read the broker's figures: {e}")
     system = RogerSystem(c, tag, queue_type, partitions=sizes.partitions, queues=QUEUES,
-                         settings={"idle_after": IDLE_AFTER})
+                         settings=_node_settings(cfg, tag))
     system.delete_queues = not own_broker
     system.stop_grace = 120.0
     parts = system.partitions
@@ -313,12 +342,17 @@ def tenants(cfg: Config, workdir: str, node: RabbitNode, queue_type: str, label:
             run.sizing["fds_after_traffic"] = node.file_descriptors()
         except BenchError as e:
             progress(f"scale [{label}] cannot read the broker's descriptors: {e}")
+        _phase(run, ["restart"], lambda: _restart(run, system, workdir, sizes))
     finally:
         begin = time.monotonic()
         system.cleanup()
         run.sizing["cleanup_s"] = time.monotonic() - begin
         shutil.rmtree(out, ignore_errors=True)
-    _phase(run, ["alone"], lambda: _alone(run, c, workdir, queue_type, own_broker, sizes))
+    done = _phase(run, ["alone"],
+                  lambda: _alone(run, c, workdir, queue_type, own_broker, sizes, alone, 1))
+    if not done and alone:  # the run before the big node worked: judge against it alone
+        run.figures["alone"] = statistics.mean(alone)
+        run.report("alone")
     return run
 
 
@@ -377,8 +411,9 @@ def _first_jobs(run: Run, system: RogerSystem, partitions: list[str], out: str) 
             index += 1
             time.sleep(GAP)
     run.figures.update(first_dormant=percentile(dormant, 99),
-                       first_dormant_p50=percentile(dormant, 50),
-                       first_idle=percentile(idle, 99), first_idle_p50=percentile(idle, 50))
+                       first_dormant_p50=percentile(dormant, 50), first_dormant_max=max(dormant),
+                       first_idle=percentile(idle, 99), first_idle_p50=percentile(idle, 50),
+                       first_idle_max=max(idle))
     run.sizing["first_jobs"] = len(partitions)
 
 
@@ -452,23 +487,47 @@ def _keyed(run: Run, system: RogerSystem, busy: str, partitions: list[str], out:
             enqueue(busy, awake)
             time.sleep(GAP / 2)
     run.figures.update(keyed=percentile(dormant, 99), keyed_busy=percentile(awake, 99),
+                       keyed_max=max(dormant), keyed_busy_max=max(awake),
                        keyed_p50=percentile(dormant, 50), keyed_busy_p50=percentile(awake, 50))
 
 
 def _rotation(run: Run, system: RogerSystem, partitions: list[str], sizes: Sizes,
               out: str) -> None:
+    # Partitions woken by the phases before have fallen asleep again: the rotation
+    # pays for its own wakes and sleeps only.
+    time.sleep(IDLE_AFTER + 2.0)
     sub = tempfile.mkdtemp(dir=os.path.dirname(out), prefix="rot")
     try:
-        run.figures["rotation"] = feed(system, partitions, sub, sizes.rotation, WINDOW)
+        run.figures["rotation"], wakes = feed(system, partitions, sub, sizes.rotation, WINDOW)
+        run.sizing["rotation_wakes"] = wakes
+        progress(f"scale [{run.label}] rotation: {len(wakes)} partitions woke under load, "
+                 f"first job {statistics.median(wakes):.2f} s after the first enqueue "
+                 f"(median; max {max(wakes):.2f} s)")
     finally:
         shutil.rmtree(sub, ignore_errors=True)
 
 
+def _restart(run: Run, system: RogerSystem, workdir: str, sizes: Sizes) -> None:
+    """Stop the node and start it again: its queues exist now (a node's restart)."""
+    assert system.proc is not None
+    system.proc.stop(system.stop_grace)
+    system.proc = None
+    system.start(log_path(workdir, system, f"scale-{sizes.partitions}-again"))
+    info = system.wait_ready(timeout=START_WAIT)
+    run.figures["restart"] = info["ready"] - info["start"]
+    progress(f"scale [{run.label}] the same node started again (its queues exist): "
+             f"{run.figures['restart']:.1f} s")
+
+
 def _alone(run: Run, cfg: Config, workdir: str, queue_type: str, own_broker: bool,
-           sizes: Sizes) -> None:
-    """The reference: a node of just REF_PARTITIONS partitions, fed the same way."""
-    system = RogerSystem(cfg, f"r{queue_type[0]}", queue_type, partitions=REF_PARTITIONS,
-                         queues=QUEUES, settings={"idle_after": IDLE_AFTER})
+           sizes: Sizes, rates: list[float], attempt: int) -> None:
+    """The reference: a node of just REF_PARTITIONS partitions, fed the same way.
+
+    Appends its throughput to `rates`; ``figures["alone"]`` is their mean.
+    """
+    tag = f"r{queue_type[0]}{attempt}"
+    system = RogerSystem(cfg, tag, queue_type, partitions=REF_PARTITIONS, queues=QUEUES,
+                         settings=_node_settings(cfg, tag))
     system.delete_queues = not own_broker
     out = tempfile.mkdtemp(dir=workdir, prefix="rec")
     try:
@@ -481,8 +540,13 @@ def _alone(run: Run, cfg: Config, workdir: str, queue_type: str, own_broker: boo
             run.sizing["watcher_uss_ref"] = _uss([int(watcher)])
         run.sizing["ref_uss"] = procs.memory(list(procs.levels(int(info["root"]))))["uss"]
         _predeclare(system.settings, [(p, "a") for p in system.partitions])
-        run.figures["alone"] = feed(system, system.partitions, out, sizes.rotation, None,
-                                    warm_up=REF_WARM_UP)
+        rate, _ = feed(system, system.partitions, out, sizes.rotation, None,
+                       warm_up=REF_WARM_UP)
+        rates.append(rate)
+        run.sizing["alone_rates"] = list(rates)
+        if attempt > 0:  # the rotation's goal is judged against the mean of both
+            run.figures["alone"] = statistics.mean(rates)
+        progress(f"scale [{run.label}] {REF_PARTITIONS} partitions alone: {rate:,.0f} jobs/s")
     finally:
         system.cleanup()
         shutil.rmtree(out, ignore_errors=True)
@@ -566,6 +630,9 @@ def sizing_table(runs: list[Run]) -> list[str]:
                    f" processes)"))
     row("  of which the awake queue: consumer + its workers, USS MiB", lambda r: (
         f"{r.sizing['awake']['queue_uss']:,.1f} ({r.sizing['awake']['workers']} workers)"))
+    row("rotation: first job of a partition after its first enqueue, median / max", lambda r: (
+        f"{statistics.median(r.sizing['rotation_wakes']):.2f} s / "
+        f"{max(r.sizing['rotation_wakes']):.2f} s"))
     row("`roger ctl status` of the idle node took", lambda r: f"{r.sizing['status_s']:.1f} s")
     row("stopping the node and cleaning up took", lambda r: f"{r.sizing['cleanup_s']:.0f} s")
     return lines
@@ -635,8 +702,10 @@ def run(cfg: Config, workdir: str) -> Section:
         f"up by the driver) for {WINDOW:g} s, then the next {ACTIVE}, for "
         f"{sizes.rotation:g} s; throughput = jobs that ran in that time / its length. Alone: a "
         f"node of just {REF_PARTITIONS} such partitions, fed the same way without rotating, "
-        f"measured over {sizes.rotation:g} s after {REF_WARM_UP:g} s of warm-up. Both on the "
-        "same broker, one after the other.",
+        f"measured over {sizes.rotation:g} s after {REF_WARM_UP:g} s of warm-up, once before "
+        "the big node and once after it (the mean: quorum queues' throughput drifts by some "
+        "20 % within minutes); the rotation starts once the partitions woken by the phases "
+        "before have fallen asleep again. All on the same broker.",
         "Broker costs: its memory (`rabbitmqctl status`, by its calculation strategy) and the "
         "open descriptors of its Erlang VM (/proc/PID/fd; quorum files = under its Raft data "
         "directory) just before the node started and once it was idle, divided by the "
