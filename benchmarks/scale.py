@@ -382,7 +382,8 @@ def _idle_figures(run: Run, system: RogerSystem, node: RabbitNode, port: int,
     queues = node.queues(system.marker)
     s["queues"] = len(queues)
     s["queues_by_type"] = dict(Counter(t for _, t in queues))
-    s["exchanges"] = len(node.exchanges(system.marker))
+    # Besides the partitions' events exchanges, the node's own system exchange.
+    s["exchanges"] = sum(1 for x in node.exchanges(system.marker) if not x.endswith(".system"))
     if before:
         s["memory_before"], s["fds_before"] = before["memory"], before["fds"]
     s["memory_idle"] = node.memory()
@@ -593,7 +594,8 @@ def sizing_table(runs: list[Run]) -> list[str]:
     row("queues declared (by type)", lambda r: f"{r.sizing['queues'] / r.partitions:g} ("
         + ", ".join(f"{k} {v / r.partitions:g}" for k, v in
                     sorted(r.sizing["queues_by_type"].items())) + ")")
-    row("exchanges declared", lambda r: f"{r.sizing['exchanges'] / r.partitions:g}")
+    row("exchanges declared (besides one system exchange per cluster)",
+        lambda r: f"{r.sizing['exchanges'] / r.partitions:g}")
     row("broker memory (`rabbitmqctl status` total)",
         lambda r: _kib(per(r, "memory", "total")))
     row("  allocated by its Erlang VM", lambda r: _kib(per(r, "memory", "erlang")))
