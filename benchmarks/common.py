@@ -24,7 +24,7 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Config:
-    """Sizes of one invocation; `quick` shrinks everything to about a minute in all."""
+    """Sizes of one invocation; `quick` shrinks everything to a few minutes in all."""
 
     quick: bool
     repeat: int
