@@ -26,3 +26,16 @@ class Latency(roger.Job):
     def perform(self, args: dict[str, Any]) -> None:
         started = time.time()
         record(args["out"], args["i"], started - args["t"])
+
+
+class Keyed(roger.Job):
+    """A job with a queue_key of its own (``args["key"]``): enqueueing it asks the
+    partition's coordinator to claim the key first (scale)."""
+
+    name = "bench:Keyed"
+
+    def queue_key(self, args: dict[str, Any]) -> str:
+        return str(args["key"])
+
+    def perform(self, args: dict[str, Any]) -> None:
+        record(args["out"], args["i"])

@@ -110,6 +110,41 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+def tcp_client_ports(pids: Sequence[int], remote_port: int) -> set[int]:
+    """Local ports of the established TCP connections that `pids` hold to `remote_port`.
+
+    Matches the sockets in /proc/PID/fd against /proc/net/tcp{,6}: with the
+    broker's `list_connections peer_port` this tells which of its connections
+    are one process tree's, on a broker that others use too.
+    """
+    by_inode: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if state == "01" and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                by_inode[inode] = int(local.rsplit(":", 1)[1], 16)
+    ports = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in by_inode:
+                ports.add(by_inode[target[8:-1]])
+    return ports
+
+
 def broker_pids() -> list[int]:
     """RabbitMQ's Erlang VM (beam.smp) on this machine, to charge it its CPU time."""
     found = []

@@ -64,7 +64,8 @@ class Section:
         lines += [f"- {note}" for note in self.notes]
         if self.notes:
             lines.append("")
-        lines += figures_table(self.samples, self.metrics)
+        if self.metrics:  # a section may consist of its notes and extra tables only
+            lines += figures_table(self.samples, self.metrics)
         if self.ratios:
             lines += ["", *ratios_table(self.samples, self.ratios, self.metrics)]
         if self.samples.errors:

@@ -45,7 +45,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "`profile`: sample roger's processes with py-spy during "
                              "throughput (not part of all)")
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes, one run of each system: about a minute in all")
+                        help="small sizes, one run of each system: a few minutes in all")
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs of each system (default: 3, quick: 1)")
     parser.add_argument("--output", type=Path, default=None,

@@ -41,6 +41,8 @@ class System:
         self.proc: Spawned | None = None
         self.ready_info: dict[str, Any] = {}
         self.stop_grace = 10.0  # seconds for a graceful stop before everything is killed
+        # False when the broker itself is thrown away afterwards (an isolated node).
+        self.delete_queues = True
 
     def queue_names(self) -> list[str]:
         """The main queue(s) jobs go to (to check their depth)."""
@@ -71,10 +73,11 @@ class System:
             self.proc = None
             with rabbit.suppress_errors():
                 self.close_producer()
-            with rabbit.suppress_errors():
-                rabbit.delete(self.url, self.queue_names())
-            with rabbit.suppress_errors():
-                rabbit.sweep(self.url, self.marker)
+            if self.delete_queues:
+                with rabbit.suppress_errors():
+                    rabbit.delete(self.url, self.queue_names())
+                with rabbit.suppress_errors():
+                    rabbit.sweep(self.url, self.marker)
 
 
 # ------------------------------------------------------------------ roger
@@ -86,11 +89,14 @@ class RogerSystem(System):
     Jobs go to each partition's first queue. With `baseline` (``--baseline
     REV``) the node runs roger as of that revision (`benchmarks.baseline`);
     the driver still enqueues with today's roger (same wire format).
+    `settings`: more `roger.Settings` fields (e.g. ``idle_after``); never
+    with a baseline, whose revision may not know them.
     """
 
     def __init__(self, cfg: Config, tag: str, queue_type: str = "quorum",
                  partitions: int = 1, queues: dict[str, int] | None = None,
-                 baseline: Baseline | None = None) -> None:
+                 baseline: Baseline | None = None,
+                 settings: dict[str, Any] | None = None) -> None:
         super().__init__(cfg, tag)
         import roger
 
@@ -107,7 +113,10 @@ class RogerSystem(System):
             "node_name": self.marker,
             "state_dir": self.state_dir,
             "queue_type": queue_type,
+            **(settings or {}),
         }
+        if baseline is not None and settings:
+            raise ValueError(f"a baseline node takes no extra settings ({sorted(settings)})")
         self.settings = roger.Settings(**self.fields)
         roger.configure(self.settings)  # Job.enqueue uses the process-wide settings
         # No close_producer: roger's public API has no way to close the driver's

@@ -26,7 +26,10 @@ import roger
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # BENCH_LOG_LEVEL=INFO shows roger's wakes and sleeps in the node's log (--keep-logs).
+    level = os.environ.get("BENCH_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING),
+                        format="%(asctime)s %(process)d %(name)s %(message)s")
     with open(argv[1]) as f:
         settings = roger.Settings(**json.load(f))
     signal.signal(signal.SIGTERM, _graceful)
