@@ -115,7 +115,7 @@ class Service:
             fn(*args)
 
     def on_frames(self) -> None:
-        """Runs after the frames of a read were dispatched: by default, the inbox."""
+        """Runs every turn, after the frames read were dispatched: by default, the inbox."""
         self.run_inbox()
 
     def on_turn(self, ready: set[Any]) -> None:
@@ -216,12 +216,15 @@ class Service:
             # Frames may wait in py-amqp's buffer (read while waiting for a
             # confirm, say), where epoll cannot see them.
             buffered = has_frame(self.transport)
-            timeout = 0.0 if buffered else max(
+            # Work queued by callbacks that ran while we waited on the broker
+            # (inside a call from the supervisor, say) must not wait for the
+            # next frame to arrive.
+            timeout = 0.0 if buffered or self.inbox else max(
                 0.0, min(self.timeout(), last_beat + self.tick - time.monotonic()))
             ready = self._wait(timeout)
             if buffered or self.sock in ready:
                 self._read_frames(self.sock in ready)
-                self.on_frames()
+            self.on_frames()
             parent = self.parent
             if parent is not None and parent.conn in ready:
                 self._serve_parent(parent)
