@@ -40,8 +40,10 @@ def factories(cfg: Config) -> list[tuple[str, Callable[[Config, str], System]]]:
             *roger_rows(cfg, ROGER[1], queue_type="classic"), *PEERS]
 
 
-def _paced(system: System, out: str, first: int, count: int, interval: float) -> None:
-    """Send jobs first..first+count-1, one every `interval` s on a fixed schedule."""
+def paced(send: Callable[[dict], None], out: str, first: int, count: int,
+          interval: float) -> None:
+    """Send jobs first..first+count-1 with `send(body)`, one every `interval` s on a
+    fixed schedule; each body carries the time it was sent (``t``)."""
     due = time.monotonic()
     for i in range(first, first + count):
         delay = due - time.monotonic()
@@ -49,7 +51,7 @@ def _paced(system: System, out: str, first: int, count: int, interval: float) ->
             time.sleep(delay)
         body = rabbit.body_of(i, out)
         body["t"] = time.time()
-        system.send(body, "latency")
+        send(body)
         due += interval
 
 
@@ -61,10 +63,10 @@ def measure(system: System, n: int, workdir: str) -> dict[str, float]:
             system.wait_ready()
         tally = Tally(out)
         # Warm-up jobs go last in index order (n..n+WARM_UP-1) and are not counted.
-        _paced(system, out, n, WARM_UP, 0.02)
+        paced(lambda body: system.send(body, "latency"), out, n, WARM_UP, 0.02)
         tally.wait(WARM_UP, timeout=120, alive=proc.alive, what="warm-up jobs")
         time.sleep(IDLE)
-        _paced(system, out, 0, n, INTERVAL)
+        paced(lambda body: system.send(body, "latency"), out, 0, n, INTERVAL)
         tally.wait(n + WARM_UP, timeout=60 + n * INTERVAL, alive=proc.alive)
         ms = [tally.values[i] * 1000 for i in range(n)]
         return {"p50": percentile(ms, 50), "p99": percentile(ms, 99),

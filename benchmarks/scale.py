@@ -43,6 +43,7 @@ from typing import Any
 from benchmarks import isolated, procs, rabbit, throughput
 from benchmarks.common import BenchError, Config, Samples, percentile
 from benchmarks.isolated import RabbitNode
+from benchmarks.latency import paced
 from benchmarks.report import Metric, Ratio, Section, baseline_ratios, progress
 from benchmarks.systems import RogerSystem, System, log_path, roger_rows
 from benchmarks.tally import Tally
@@ -424,22 +425,14 @@ def _busy(run: Run, system: RogerSystem, partition: str, n: int, out: str) -> No
     tally = Tally(out)
     base = 2_000_000_000
 
-    def paced(first: int, count: int, interval: float) -> None:
-        due = time.monotonic()
-        for i in range(first, first + count):
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            body = rabbit.body_of(i, out)
-            body["t"] = time.time()
-            Latency.create(body).enqueue(partition, "a")
-            due += interval
+    def send(body: dict) -> None:
+        Latency.create(body).enqueue(partition, "a")
 
-    paced(base + n, WARM_UP, 0.02)  # wakes the partition; not counted
+    paced(send, out, base + n, WARM_UP, 0.02)  # wakes the partition; not counted
     for i in range(base + n, base + n + WARM_UP):
         _wait_index(tally, i, system)
     time.sleep(0.5)
-    paced(base, n, INTERVAL)
+    paced(send, out, base, n, INTERVAL)
     for i in range(base, base + n):
         _wait_index(tally, i, system)
     ms = [tally.values[base + i] * 1000 for i in range(n)]

@@ -366,24 +366,26 @@ def _cmd_cluster_op(args: argparse.Namespace) -> int:
 def _cmd_buried(args: argparse.Namespace) -> int:
     import roger
 
-    _configured(args)
-    if args.action == "retry":
-        print(f"re-enqueued {roger.retry_buried(args.partition, args.queue)} jobs")
-        return 0
-    jobs = roger.info.buried_jobs(args.partition, args.queue, limit=args.limit)
-    print(to_json(jobs) if args.json else jobs_text(jobs, "buried jobs"))
-    return 0
+    return _side_queue(args, "retry", roger.retry_buried, "re-enqueued {} jobs",
+                       roger.info.buried_jobs, lambda jobs: jobs_text(jobs, "buried jobs"))
 
 
 def _cmd_rejected(args: argparse.Namespace) -> int:
     import roger
 
+    return _side_queue(args, "replay", roger.replay_rejected, "replayed {} messages",
+                       roger.info.rejected_jobs, rejected_text)
+
+
+def _side_queue(args: argparse.Namespace, move_action: str, move: Callable[[str, str], int],
+                moved: str, listing: Callable[..., list], text: Callable[[list], str]) -> int:
+    """`buried` and `rejected`: send the queue's messages back, or list them."""
     _configured(args)
-    if args.action == "replay":
-        print(f"replayed {roger.replay_rejected(args.partition, args.queue)} messages")
+    if args.action == move_action:
+        print(moved.format(move(args.partition, args.queue)))
         return 0
-    entries = roger.info.rejected_jobs(args.partition, args.queue, limit=args.limit)
-    print(to_json(entries) if args.json else rejected_text(entries))
+    entries = listing(args.partition, args.queue, limit=args.limit)
+    print(to_json(entries) if args.json else text(entries))
     return 0
 
 

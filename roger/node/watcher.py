@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,17 +147,17 @@ class Watcher(Service):
 
     def _await_states(self) -> None:
         """Learn every watched partition's paused queues before reporting ready."""
-        deadline = self.settings.confirm_timeout + STATE_TIMEOUT
-        waited = 0.0
-        while self.asked and waited < deadline:
+        bound = self.settings.confirm_timeout + STATE_TIMEOUT
+        deadline = time.monotonic() + bound
+        while self.asked and (left := deadline - time.monotonic()) > 0:
             try:
-                self.amqp.drain_events(timeout=0.1)
+                self.amqp.drain_events(timeout=min(left, 0.1))
             except TimeoutError:
-                waited += 0.1
+                pass
             self.run_inbox()
         if self.asked:
             log.warning("no state for %d partitions within %g s; their queues are "
-                        "watched once it comes", len(self.asked), deadline)
+                        "watched once it comes", len(self.asked), bound)
 
     # ---------------------------------------------------------------- the plan
 
