@@ -150,8 +150,11 @@ class CoordinatorCore:
             self.channels.requests.basic_cancel(ctag)
 
     def status(self) -> dict:
-        return {"active": self.active, "queue_keys": len(self.state.queue_keys),
-                "paused": sorted(self.state.paused)}
+        status = {"active": self.active, "queue_keys": len(self.state.queue_keys),
+                  "paused": sorted(self.state.paused)}
+        if self.active:  # only the active one knows: standbys hold no state
+            status["delayed"] = self.state.delayed_counts(time.time())
+        return status
 
     # ------------------------------------------------------------------ requests
 
@@ -210,13 +213,23 @@ class CoordinatorCore:
 
     def op_state(self, request: dict) -> dict:
         return {"ok": True, "paused": sorted(self.state.paused),
-                "cancelled": list(self.state.cancelled)}
+                "cancelled": list(self.state.cancelled),
+                "cancelled_until": self.state.cancelled}
+
+    def op_delayed(self, request: dict) -> dict:
+        # A producer delayed jobs: {"due": ms since the epoch, "counts": {queue: n}}.
+        self.state.add_delayed(request["counts"], request["due"] / 1000, time.time())
+        self._save()
+        return {"ok": True}
+
+    def op_delayed_counts(self, request: dict) -> dict:
+        return {"ok": True, "delayed": self.state.delayed_counts(time.time())}
 
     def op_claim(self, request: dict) -> dict:
         pairs = [(k, j) for k, j in request["keys"]]
         now = time.time()
         expired = self._expire_keys(now, [k for k, _ in pairs])
-        taken = self.state.claim(pairs, now)
+        taken = self.state.claim(pairs, now, request.get("until"))
         if taken:
             if expired:
                 self._save()
@@ -279,13 +292,13 @@ class CoordinatorCore:
 
     def op_cancel(self, request: dict) -> dict:
         job_id = request["job_id"]
-        self.state.cancel(job_id, time.time())
+        until = self.state.cancel(job_id, time.time())
         # Freed now, not when a consumer dequeues the job: its queue may be
         # paused (or idle) for long. The job's own release, later, is a no-op.
         for key in self.state.release_job(job_id):
             log.info("[%s] queue key %r of cancelled job %s released", self.partition, key, job_id)
         self._save()
-        self._broadcast({"type": "cancel", "job_id": job_id})
+        self._broadcast({"type": "cancel", "job_id": job_id, "until": until})
         log.info("[%s] job %s cancelled", self.partition, job_id)
         return {"ok": True}
 
