@@ -34,7 +34,9 @@ def due_ms(delay: Any, at: Any, now: float) -> int | None:
     if due - now > MAX_DELAY:
         raise ValueError(f"a job can be delayed at most {MAX_DELAY} seconds (8.5 years); "
                          f"this one is due in {due - now:.0f} s")
-    return math.ceil(due * 1000)  # rounded up: a job never runs before its due time
+    # In whole ms, rounded down: the wait in RabbitMQ (`delay_seconds`, whole
+    # seconds rounded up from the publish) then never ends before it.
+    return math.floor(due * 1000)
 
 
 def delay_seconds(due: int, now: float) -> int:

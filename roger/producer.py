@@ -73,7 +73,6 @@ def enqueue_many(
             levels.route(settings, max(seconds, 1), topology.queue_name(partition, target))
     for job in jobs:
         job.due_at = due
-        job.queued_at = int(now * 1000)
     if divert is not None:
         divert(settings, partition, jobs, targets)
         return jobs
@@ -82,7 +81,7 @@ def enqueue_many(
     # batch, and none at all when no job has a queue_key.
     coordination.claim_queue_keys(settings, partition, jobs, until=due)
     try:
-        _publish(settings, partition, jobs, targets, due)
+        _publish(settings, partition, jobs, targets, now, due)
     except BaseException:
         coordination.release_queue_keys(settings, partition, jobs)
         raise
@@ -110,8 +109,8 @@ def encode_jobs(settings: Settings, jobs: list[Record], now: float | None = None
 
 
 def _publish(settings: Settings, partition: str, jobs: list[Record], targets: list[str],
-             due: int | None) -> None:
-    bodies = encode_jobs(settings, jobs, jobs[0].queued_at / 1000)
+             now: float, due: int | None) -> None:
+    bodies = encode_jobs(settings, jobs, now)
     producer = broker.get_broker(settings)
     delayed = due is not None and delay_seconds(due, time.time()) > 0
     _declare(producer, settings, partition, targets, delayed)

@@ -14,11 +14,20 @@ from roger.settings import Settings
 NOW = 1_800_000_000.0
 
 
-def test_a_fractional_delay_is_rounded_up_never_down():
+def test_a_fractional_delay_waits_whole_seconds_rounded_up():
     due = due_ms(1.2345, None, NOW)
-    assert due == math.ceil((NOW + 1.2345) * 1000)
+    assert due == math.floor((NOW + 1.2345) * 1000)
     assert delay_seconds(due, NOW) == 2  # whole seconds in RabbitMQ, rounded up
     assert delay_seconds(due, NOW + 5) == 0
+
+
+def test_a_whole_delay_waits_exactly_that_many_seconds():
+    # The due time is kept to the ms, rounded down, so a whole delay published
+    # a moment later is not rounded up to one more second.
+    now = 1_800_000_000.1234567
+    due = due_ms(10, None, now)
+    assert delay_seconds(due, now) == 10
+    assert delay_seconds(due, now + 0.0004) == 10
 
 
 def test_the_route_of_a_delay_spells_its_bits_and_ends_with_the_queue():
