@@ -150,11 +150,10 @@ class CoordinatorCore:
             self.channels.requests.basic_cancel(ctag)
 
     def status(self) -> dict:
-        status = {"active": self.active, "queue_keys": len(self.state.queue_keys),
-                  "paused": sorted(self.state.paused)}
-        if self.active:  # only the active one knows: standbys hold no state
-            status["delayed"] = self.state.delayed_counts(time.time())
-        return status
+        # Delayed jobs per queue: only the active one knows (standbys hold no state).
+        delayed = self.state.delayed_counts(time.time()) if self.active else {}
+        return {"active": self.active, "queue_keys": len(self.state.queue_keys),
+                "paused": sorted(self.state.paused), "delayed": delayed}
 
     # ------------------------------------------------------------------ requests
 
