@@ -165,7 +165,7 @@ def run(cfg: Config, workdir: str) -> Section:
         "length adds no error of its own: each queue's TTL is exact to the millisecond).",
         "Rounding: RabbitMQ waits whole seconds, rounded up from the enqueue moment, so a job "
         "is late by up to 1 s minus the time its enqueue took, plus milliseconds per hop.",
-        f"Memory: {memory_jobs:,} jobs delayed a year (about 400-byte bodies), the growth of "
+        f"Memory: {memory_jobs:,} jobs delayed a year (about 200-byte bodies), the growth of "
         "RabbitMQ's own accounting (`rabbitmqctl status`) scaled to 1,000,000; fresh "
         "messages are held in the quorum WAL's memory tables (bounded by "
         "`wal_max_size_bytes`, 512 MiB by default, for all quorum queues together) until "
