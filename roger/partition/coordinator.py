@@ -6,7 +6,8 @@ single-active-consumer flag: exactly one of them gets the requests, in
 order, and when its node dies RabbitMQ hands the queue to a standby. Being
 the only reader makes every operation atomic without locks.
 
-The state (queue keys, execution keys, cancelled job ids, paused queues) is
+The state (queue keys, execution keys, cancelled job ids, paused queues,
+the counts of delayed jobs by due time) is
 saved through the persister after each change, and loaded when a
 coordinator receives its first request after (re)subscribing, that is when
 it becomes the active one. What a failover can lose: nothing that was
@@ -22,7 +23,8 @@ rest.
 
 Requests are JSON messages with an ``op``; calls carry ``reply_to`` and
 ``correlation_id`` (RabbitMQ's direct reply-to); one-way notices
-(releases) are persistent and acked only once applied. Changes that
+(releases, and producers' counts of the jobs they delayed) are persistent
+and acked only once applied. Changes that
 consumers must act on at once (cancel, pause, resume) are broadcast on the
 partition's fanout exchange ``<prefix>.<partition>.events``.
 
@@ -220,9 +222,6 @@ class CoordinatorCore:
         self.state.add_delayed(request["counts"], request["due"] / 1000, time.time())
         self._save()
         return {"ok": True}
-
-    def op_delayed_counts(self, request: dict) -> dict:
-        return {"ok": True, "delayed": self.state.delayed_counts(time.time())}
 
     def op_claim(self, request: dict) -> dict:
         pairs = [(k, j) for k, j in request["keys"]]
