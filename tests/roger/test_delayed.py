@@ -127,7 +127,7 @@ def test_bad_delay_and_at_values_raise_clear_errors(settings, partition, out, kw
 def test_a_cancelled_delayed_job_never_runs_and_frees_its_key_at_once(settings, partition, out):
     with Node(settings(partitions={partition: {"default": 1}},
                        callbacks="testjobs:CancelCallbacks")):
-        job = Keyed.create({"out": out, "qkey": "k"}).enqueue(partition, delay=2)
+        job = Keyed.create({"out": out, "qkey": "k"}).enqueue(partition, delay=5)
         roger.cancel(partition, job.id)
 
         # Free at once: another job takes the key while the first still waits.
@@ -159,7 +159,8 @@ def test_delayed_counts_show_in_info_partitions(settings, partition, out):
     with Node(settings(partitions={partition: {"default": 1, "other": 1}})) as node:
         roger.enqueue_many([Record.create({"out": out}) for _ in range(3)], partition,
                            delay=3600)
-        Record.create({"out": out}).enqueue(partition, "other", delay=2)
+        # Long enough to be seen waiting on a loaded machine, short enough to wait out.
+        Record.create({"out": out}).enqueue(partition, "other", delay=8)
 
         def counts() -> dict:
             queues = roger.info.partitions()[node.settings.node_name]["running"][partition]
@@ -172,8 +173,8 @@ def test_delayed_counts_show_in_info_partitions(settings, partition, out):
 def test_a_delayed_job_runs_after_a_node_restart(settings, partition, out):
     config = settings(partitions={partition: {"default": 1}})
     with Node(config):
-        job = Record.create({"out": out}).enqueue(partition, delay=2)
-    assert not read(out)
+        job = Record.create({"out": out}).enqueue(partition, delay=5)
+    assert not read(out)  # the node stopped before the job was due
     # No node runs when it falls due: it waits in its queue for one.
     wait_for(lambda: queue_depth(f"{partition}-default") == 1, what="the job in its queue")
     with Node(config):
@@ -193,7 +194,7 @@ def test_capture_records_the_due_time_and_inline_runs_at_once(partition, out):
 
 def test_a_delayed_job_wakes_its_idle_queue_and_is_counted_meanwhile(settings, partition, out):
     with Node(settings(partitions={partition: {"default": 1}}, idle_after=1)) as node:
-        job = Record.create({"out": out}).enqueue(partition, delay=3)
+        job = Record.create({"out": out}).enqueue(partition, delay=8)
 
         def delayed() -> int | None:
             queues = roger.info.partitions()[node.settings.node_name]["running"][partition]
