@@ -32,8 +32,9 @@ def due_ms(delay: Any, at: Any, now: float) -> int | None:
         raise ValueError("give either delay or at, not both")
     due = now + _delay_seconds(delay) if delay is not None else max(now, _at_seconds(at))
     if due - now > MAX_DELAY:
+        hint = " (at is epoch seconds, not milliseconds)" if at is not None and due > 1e11 else ""
         raise ValueError(f"a job can be delayed at most {MAX_DELAY} seconds (8.5 years); "
-                         f"this one is due in {due - now:.0f} s")
+                         f"this one is due in {due - now:.0f} s{hint}")
     # In whole ms, rounded down: the wait in RabbitMQ (`delay_seconds`, whole
     # seconds rounded up from the publish) then never ends before it.
     return math.floor(due * 1000)

@@ -95,3 +95,8 @@ def test_a_cancel_is_remembered_until_the_last_delayed_job_is_due():
     assert until >= NOW + 90 * 86400
     state.expire(NOW + 2 * CANCELLED_TTL)
     assert "b" in state.cancelled and "a" not in state.cancelled
+
+
+def test_an_at_in_milliseconds_is_refused_with_a_hint():
+    with pytest.raises(ValueError, match="not milliseconds"):
+        due_ms(None, NOW * 1000, NOW)
