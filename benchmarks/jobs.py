@@ -39,3 +39,12 @@ class Keyed(roger.Job):
 
     def perform(self, args: dict[str, Any]) -> None:
         record(args["out"], args["i"])
+
+
+class Delayed(roger.Job):
+    """Records how long after its intended due time (``args["due"]``) it started (delayed)."""
+
+    name = "bench:Delayed"
+
+    def perform(self, args: dict[str, Any]) -> None:
+        record(args["out"], args["i"], time.time() - args["due"])

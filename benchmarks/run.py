@@ -33,6 +33,7 @@ PROFILE_NOTES = HERE / "PROFILE.md"  # findings, kept by hand from `python -m be
 # The ledger run's section (`python -m benchmarks.chaos`), kept apart: a full
 # run rewrites RESULTS.md and must carry it over.
 RELIABILITY_NOTES = HERE / "RELIABILITY.md"
+DELAYED_NOTES = HERE / "DELAYED.md"  # `python -m benchmarks delayed`, carried over likewise
 PROFILE_OUT = HERE / "profile-latest.md"
 
 
@@ -43,7 +44,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
                         help=f"which to run: {', '.join(BENCHMARKS)} (default: all); or "
                              "`profile`: sample roger's processes with py-spy during "
-                             "throughput (not part of all)")
+                             "throughput (not part of all); `delayed`: delay precision and "
+                             "RabbitMQ memory per delayed job (not part of all)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, one run of each system: a few minutes in all")
     parser.add_argument("--repeat", type=int, default=None,
@@ -59,7 +61,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.baseline is not None and "profile" in args.benchmarks:
         parser.error("--baseline does not apply to profile")
-    unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, "profile")]
+    unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, "profile", "delayed")]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     return args
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if "profile" in args.benchmarks:
         return profile(args)
+    if "delayed" in args.benchmarks:  # minutes of waiting: never part of "all"
+        from benchmarks import delayed
+
+        return delayed.main(Config.make(args.quick, args.repeat))
     chosen = list(dict.fromkeys(args.benchmarks)) or list(BENCHMARKS)
     cfg = Config.make(args.quick, args.repeat)
     complete = not args.quick and chosen == list(BENCHMARKS) and args.baseline is None
@@ -154,7 +160,7 @@ def render(cfg: Config, header: list[str], sections: list[Section], elapsed: flo
         *header, f"- Load average at the end: {sysinfo.load()}", "",
     ]
     text = "\n".join(lines) + "\n" + "\n".join(s.markdown() for s in sections)
-    for notes in (PROFILE_NOTES, RELIABILITY_NOTES):
+    for notes in (PROFILE_NOTES, RELIABILITY_NOTES, DELAYED_NOTES):
         if notes.exists():
             text += "\n" + notes.read_text()
     return text

@@ -149,7 +149,7 @@ def test_info_lists_idle_queues_like_any_other(idle_node, partition):
     view = roger.info.partitions()[idle_node.settings.node_name]
     queue = view["running"][partition]["default"]
     assert queue == {"max_workers": 1, "paused": False, "message_count": 0,
-                     "consumer_count": 1}
+                     "consumer_count": 1, "delayed": 0}
 
 
 def test_an_idle_queue_deleted_under_the_watcher_is_declared_again(idle_node, partition, out):
