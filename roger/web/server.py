@@ -83,6 +83,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "roger"
     sys_version = ""
     timeout = READ_TIMEOUT  # each blocking read on the socket
+    # http.server's own errors (a bad request line, too many headers...), as JSON.
+    error_content_type = "application/json"
+    error_message_format = '{"ok": false, "error": "%(code)d %(message)s"}'
 
     def setup(self) -> None:
         super().setup()

@@ -99,18 +99,21 @@ function tick() {
 function drawCards() {
   const queues = state.partitions.flatMap((p) => p.queues);
   const total = (key) => queues.reduce((sum, q) => sum + (q[key] || 0), 0);
+  const rates = state.rate_window_seconds > 0;
+  const done = total("done_per_second"), failed = total("failed_per_second");
+  // [label, value, class]: red only for trouble that is there.
   const cards = [
-    ["Nodes", state.nodes.length],
-    ["Partitions", state.partitions.length],
-    ["Running", state.running.length],
-    ["Ready", total("ready")],
-    ["Done / s", rate(state.rate_window_seconds ? total("done_per_second") : null)],
-    ["Failed / s", rate(state.rate_window_seconds ? total("failed_per_second") : null)],
-    ["Buried", total("buried")],
-    ["Rejected", total("rejected")],
+    ["Nodes", state.nodes.length, ""],
+    ["Partitions", state.partitions.length, ""],
+    ["Running", state.running.length, ""],
+    ["Ready", total("ready"), ""],
+    ["Done / s", rate(rates ? done : null), rates && done ? "good" : ""],
+    ["Failed / s", rate(rates ? failed : null), rates && failed ? "bad" : ""],
+    ["Buried", total("buried"), total("buried") ? "bad" : ""],
+    ["Rejected", total("rejected"), total("rejected") ? "bad" : ""],
   ];
-  fill("cards", cards.map(([label, value]) =>
-    h("div", {class: `card ${label.toLowerCase().replace(/[^a-z]/g, "")}`},
+  fill("cards", cards.map(([label, value, kind]) =>
+    h("div", {class: `card ${kind}`, "data-card": label.toLowerCase().replace(/[^a-z]/g, "")},
       h("div", {class: "value"}, value), h("div", {class: "label"}, label))));
 }
 
