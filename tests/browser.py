@@ -12,6 +12,7 @@ the mouse, type, take a screenshot.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -39,6 +40,13 @@ def find_chromium() -> str | None:
     return os.environ.get("ROGER_CHROMIUM") or shutil.which("chromium")
 
 
+def _above(fd: int, lowest: int) -> int:
+    """`fd` moved to a number >= `lowest`."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, lowest)
+    os.close(fd)
+    return moved
+
+
 class Browser:
     """One headless Chromium process, with a fresh profile, spoken to over its pipe."""
 
@@ -46,14 +54,18 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="roger-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
+        # Above 4, so that moving them onto 3 and 4 cannot close one of them.
+        to_browser_r, from_browser_w = (_above(fd, 10) for fd in (to_browser_r, from_browser_w))
         # The protocol wants the pipe on fds 3 and 4 exactly: a shell puts it there.
         shell = (f'exec 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- '
                  f'{from_browser_w}>&-; exec "$@"')
         args = [executable, *FLAGS, f"--user-data-dir={self.profile}",
                 f"--window-size={width},{height}", "about:blank"]
-        self.proc = subprocess.Popen(["bash", "-c", shell, "bash", *args],
-                                     pass_fds=(to_browser_r, from_browser_w),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = Path(self.profile) / "chromium.log"  # quoted when it fails
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(["bash", "-c", shell, "bash", *args],
+                                         pass_fds=(to_browser_r, from_browser_w),
+                                         stdout=log, stderr=subprocess.STDOUT)
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._next_id = 0
@@ -97,12 +109,19 @@ class Browser:
             while msg_id not in self._replies:
                 left = deadline - time.monotonic()
                 if -1 in self._replies or left <= 0:
-                    raise BrowserError(f"{method}: no answer (browser gone or busy)")
+                    why = "the browser is gone" if -1 in self._replies else "no answer in time"
+                    raise BrowserError(f"{method}: {why}; its log ends with:\n{self._log_tail()}")
                 self._arrived.wait(left)
             reply = self._replies.pop(msg_id)
         if "error" in reply:
             raise BrowserError(f"{method}: {reply['error']}")
         return reply.get("result", {})
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no log)"
 
     def new_page(self) -> Page:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -145,7 +164,11 @@ class Page:
         self.wait_for("document.readyState === 'complete'", what=f"{url} to load")
 
     def evaluate(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (awaited if a promise)."""
+        """The value of a JavaScript expression in the page (awaited if a promise).
+
+        Values come back as JSON: a DOM node is ``{}``, which is false in
+        Python, so ask ``!!document.querySelector(...)`` to test for one.
+        """
         result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
                                                 "awaitPromise": True})
         if "exceptionDetails" in result:

@@ -87,7 +87,7 @@ def test_state_shows_partitions_queues_workers_and_running_jobs_with_their_age(
 
 def test_buried_and_rejected_are_counted_and_listed(web_settings, partition, out):
     from testjobs import Fail
-    settings = web_settings(partitions={partition: {"default": 1}}, retry_levels=[0.1])
+    settings = web_settings(partitions={partition: {"default": 1}})
     with Node(settings):
         Fail.create({"out": out}).enqueue(partition)
         _publish_garbage(partition)
