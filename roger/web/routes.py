@@ -15,6 +15,11 @@ unless `http_host` says otherwise). Acting (POST) needs, in this order:
    out of logs, history and referrers): missing gets 401, wrong gets 403.
 
 Only then is the action run; a refused request changes nothing.
+
+On a loopback address (the default), every request must also name this
+machine in its ``Host`` header (``127.0.0.1``, ``localhost`` or ``[::1]``):
+a site whose name an attacker points at 127.0.0.1 (DNS rebinding) would
+otherwise be "same origin" with the page and could read it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from roger import admin, info
+from roger.amqp.connection import QueueNotFound
+from roger.errors import RogerError
 from roger.job import Job
 from roger.partition.coordination import cancel, pause, resume
 from roger.settings import Settings, check_partition_name, check_queue_name
@@ -123,11 +130,14 @@ class Routes:
         self.snapshots = snapshots or Snapshots(settings)
         self.token = (settings.http_token.get_secret_value().encode()
                       if settings.http_token is not None else None)
+        self.hosts = _loopback_hosts(settings)
         files = resources.files("roger.web") / "static"
         self.static = {path: (files / name).read_bytes() for path, (name, _) in STATIC.items()}
 
     def __call__(self, request: Request) -> Response:
         path = urlsplit(request.target).path
+        if self.hosts is not None and request.headers.get("host", "").lower() not in self.hosts:
+            return _error(421, "this page answers to 127.0.0.1 and localhost only")
         if path in ACTIONS:
             if request.method != "POST":
                 return _error(405, "actions are POST only", Allow="POST")
@@ -137,7 +147,10 @@ class Routes:
         if path in STATIC:
             return Response(200, self.static[path], STATIC[path][1])
         if path == "/api/state":
-            return _json(200, self.snapshots.get(), **{"Cache-Control": "no-store"})
+            try:
+                return _json(200, self.snapshots.get(), **{"Cache-Control": "no-store"})
+            except RogerError as e:  # RabbitMQ is away: say so, the page keeps its last view
+                return _error(503, f"cannot gather the cluster: {e}")
         if path in ("/api/buried", "/api/rejected"):
             return self.listing(path, request.target)
         return _error(404, "no such page")
@@ -152,7 +165,12 @@ class Routes:
         except ValueError as e:
             return _error(400, str(e))
         lister = info.buried_jobs if path == "/api/buried" else info.rejected_jobs
-        items = lister(partition, queue, LIST_LIMIT, settings=self.settings)
+        try:
+            items = lister(partition, queue, LIST_LIMIT, settings=self.settings)
+        except QueueNotFound:
+            return _error(404, f"{partition}/{queue} has no such queue")
+        except RogerError as e:
+            return _error(503, f"cannot list: {e}")
         return _json(200, {"partition": partition, "queue": queue, "limit": LIST_LIMIT,
                            "items": [_listed(item) for item in items]},
                      **{"Cache-Control": "no-store"})
@@ -198,6 +216,14 @@ class Routes:
         if not hmac.compare_digest(given.encode("latin-1", "replace"), self.token):
             return _error(403, "wrong token")
         return None
+
+
+def _loopback_hosts(settings: Settings) -> frozenset[str] | None:
+    """The ``Host`` headers a page on a loopback address accepts; None: any."""
+    if settings.http_host not in ("127.0.0.1", "localhost", "::1"):
+        return None  # the operator chose the address: any name may lead to it
+    port = settings.http_port
+    return frozenset(f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]"))
 
 
 def _listed(item: Any) -> dict:

@@ -81,7 +81,10 @@ def _periodic(settings: Settings) -> list[dict] | None:
     if periodic is None:
         return None
     try:
-        entries = periodic(settings=settings)
+        try:
+            entries = periodic(settings=settings)
+        except TypeError:  # a periodic() without a settings argument
+            entries = periodic()
     except Exception as e:
         log.warning("status page: cannot list periodic jobs: %s", e)
         return []

@@ -102,6 +102,19 @@ def test_buried_and_rejected_are_counted_and_listed(web_settings, partition, out
         assert rejected["reason"] and "garbage" in rejected["args"]
         bad = request(settings.http_port, "GET", "/api/buried?partition=../x&queue=default")
         assert bad.status == 400
+        missing = request(settings.http_port, "GET", f"/api/buried?partition={partition}&queue=no")
+        assert missing.status == 404
+
+
+def test_idle_partitions_and_queues_are_shown_idle(web_settings, partition):
+    settings = web_settings(partitions={partition: {"default": 1}}, idle_after=0.5)
+    with Node(settings):
+        snapshot = wait_for(lambda: (s := state(settings.http_port))["nodes"]
+                            and s["nodes"][0]["idle"] == [partition] and s,
+                            what="the partition shown idle")
+        [part] = snapshot["partitions"]
+        assert part["nodes"][settings.node_name]["state"] == "idle"
+        assert queue_of(snapshot, partition)["idle_on"] == [settings.node_name]
 
 
 def _publish_garbage(partition: str) -> None:
@@ -208,6 +221,15 @@ def bare_server(make_settings):
     yield server
     server.shutdown()
     server.server_close()
+
+
+def test_a_page_on_loopback_answers_only_to_loopback_names(bare_server):
+    """DNS rebinding: evil.example pointed at 127.0.0.1 must not read the page."""
+    port = bare_server.server_port
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+        assert request(port, "GET", "/", headers={"Host": host}).status == 421
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert request(port, "GET", "/", headers={"Host": host}).status == 200
 
 
 def _serves(port: int) -> bool:

@@ -60,8 +60,9 @@ async function refresh() {
   clearTimeout(timer);
   try {
     const response = await fetch("/api/state", {cache: "no-store"});
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    state = await response.json();
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+    state = body;
     receivedAt = Date.now();
     draw();
     if ($("message").classList.contains("stale")) say("");
