@@ -245,10 +245,15 @@ def queue_depths(partition: str, queue: str, *, settings: Settings | None = None
              "buried": topology.buried_queue_name(partition, queue),
              "rejected": topology.rejected_queue_name(partition, queue)}
     out: dict[str, int | None] = {}
-    for state, name in names.items():
+    remaining = list(names.items())
+    while remaining:
+        # One channel for all three, but a missing queue closes it: then the next.
         try:
             with broker.get_broker(settings).channel() as channel:
-                out[state] = channel.queue_declare(name, passive=True).message_count
+                while remaining:
+                    state, name = remaining[0]
+                    out[state] = channel.queue_declare(name, passive=True).message_count
+                    remaining.pop(0)
         except QueueNotFound:
-            out[state] = None
+            out[remaining.pop(0)[0]] = None
     return out

@@ -52,14 +52,15 @@ class Snapshots:
 
     def _gather(self) -> dict:
         nodes = info.nodes(settings=self.settings, timeout=GATHER_TIMEOUT)
-        depths = {}
+        depths: dict[tuple[str, str], dict] = {}
         for partition, queue in sorted(_queues(nodes)):
             try:
                 depths[(partition, queue)] = info.queue_depths(partition, queue,
                                                                settings=self.settings)
-            except Exception as e:  # the broker is away: show the rest
-                log.warning("status page: no depths for %s/%s: %s", partition, queue, e)
-                depths[(partition, queue)] = {}
+            except Exception as e:  # the broker is away: show the rest, ask no more
+                log.warning("status page: no queue depths from %s/%s on: %s",
+                            partition, queue, e)
+                break
         self.rates.add(job_counters(nodes, depths))
         return build(nodes, depths, per_queue(self.rates.rates()), self.rates.span(),
                      _periodic(self.settings), self.settings)

@@ -16,6 +16,7 @@ import time
 import pytest
 from testjobs import Record, events
 
+import roger
 from roger import Node
 from roger.errors import RogerError
 from roger.node import web
@@ -104,6 +105,10 @@ def test_buried_and_rejected_are_counted_and_listed(web_settings, partition, out
         assert bad.status == 400
         missing = request(settings.http_port, "GET", f"/api/buried?partition={partition}&queue=no")
         assert missing.status == 404
+    assert roger.info.queue_depths(partition, "default", settings=settings) == {
+        "ready": 0, "buried": 1, "rejected": 1}
+    assert roger.info.queue_depths(partition, "no", settings=settings) == {
+        "ready": None, "buried": None, "rejected": None}
 
 
 def test_idle_partitions_and_queues_are_shown_idle(web_settings, partition):
