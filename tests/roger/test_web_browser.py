@@ -149,6 +149,10 @@ def test_screenshot_of_a_busy_cluster(web_settings, out, browser, tmp_path):
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             if os.environ.get("ROGER_UPDATE_SCREENSHOT"):
                 shutil.copy(shot, ROOT / "docs" / "status-page.png")
+            page.type("#filter", "reports")
+            page.wait_for("document.querySelectorAll('[data-partition]').length === 1",
+                          what="the filter to leave one partition")
+            assert page.evaluate(f"{has(f'[data-partition={json.dumps(reports)}]')}")
     finally:
         for name in (billing, emails, reports):
             delete_partition(name)

@@ -4,6 +4,7 @@
 "use strict";
 
 const REFRESH_SECONDS = 10;
+const MAX_ROWS = 200; // running jobs listed
 const TOKEN_KEY = "roger-token";
 let state = null;
 let receivedAt = 0;
@@ -27,7 +28,9 @@ function h(tag, attrs, ...children) {
 
 function $(id) { return document.getElementById(id); }
 
-function fill(id, ...children) { $(id).replaceChildren(...children.flat()); }
+function fill(id, ...children) {
+  $(id).replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
 
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "–";
@@ -129,7 +132,13 @@ function drawPartitions() {
     fill("partitions", h("p", {class: "muted"}, "No partition runs on any live node."));
     return;
   }
-  fill("partitions", state.partitions.map((p) => h("div", {class: "partition", "data-partition": p.name},
+  const filter = $("filter").value.trim().toLowerCase();
+  const shown = state.partitions.filter((p) => p.name.toLowerCase().includes(filter));
+  if (!shown.length) {
+    fill("partitions", h("p", {class: "muted"}, `No partition matches “${filter}”.`));
+    return;
+  }
+  fill("partitions", shown.map((p) => h("div", {class: "partition", "data-partition": p.name},
     h("div", {class: "partition-head"}, h("h3", {}, p.name), nodeChips(p)),
     h("table", {},
       h("thead", {}, h("tr", {},
@@ -190,16 +199,20 @@ function drawRunning() {
     fill("running", h("p", {class: "muted"}, "No job is running."));
     return;
   }
+  // The oldest first, and not thousands of rows: a page must stay quick to draw.
+  const shown = state.running.slice(0, MAX_ROWS);
+  const more = state.running.length - shown.length;
   fill("running", h("table", {},
     h("thead", {}, h("tr", {}, ["Job", "Id", "Partition / queue", "Node", "Age", ""].map((t) => h("th", {}, t)))),
-    h("tbody", {}, state.running.map((job) => h("tr", {"data-job": job.id},
+    h("tbody", {}, shown.map((job) => h("tr", {"data-job": job.id},
       h("td", {class: "name"}, job.name),
       h("td", {class: "mono"}, job.id),
       h("td", {}, `${job.partition} / ${job.queue}`),
       h("td", {}, job.node),
       h("td", {class: "num", "data-started": job.started_at ?? ""}, age(job.age_seconds)),
       h("td", {class: "actions"}, canAct() ? h("button", {"data-action": "cancel", "data-job": job.id,
-        onclick: () => act("cancel", {partition: job.partition, job_id: job.id})}, "Cancel") : null))))));
+        onclick: () => act("cancel", {partition: job.partition, job_id: job.id})}, "Cancel") : null))))),
+    more > 0 ? h("p", {class: "muted"}, `and ${more} more (roger info running lists them all)`) : null);
 }
 
 function drawPeriodic() {
@@ -275,6 +288,7 @@ document.addEventListener("DOMContentLoaded", () => {
   input.value = token();
   input.addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, input.value));
   $("token-form").addEventListener("submit", (e) => e.preventDefault());
+  $("filter").addEventListener("input", () => state && drawPartitions());
   setInterval(tick, 1000);
   refresh();
 });
