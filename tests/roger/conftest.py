@@ -55,14 +55,18 @@ def web_settings(make_settings):
     """Settings for a node with a status page on a free port, seeing only itself.
 
     Its own system exchange prefix keeps other tests' nodes (on the shared
-    broker) off its page; the exchange is deleted afterwards.
+    broker) off its page; the exchanges named with it (the system exchange,
+    the partitions' events exchanges) are deleted afterwards.
     """
-    prefixes = []
+    made: list[Settings] = []
 
     def make(**fields) -> Settings:
-        prefix = f"web{uuid.uuid4().hex[:8]}"
-        prefixes.append(prefix)
-        return make_settings(**({"http_port": free_port(), "system_exchange_prefix": prefix}
-                                | fields))
+        settings = make_settings(**({"http_port": free_port(),
+                                     "system_exchange_prefix": f"web{uuid.uuid4().hex[:8]}"}
+                                    | fields))
+        made.append(settings)
+        return settings
     yield make
-    delete_queues([], [f"{p}.system" for p in prefixes])
+    delete_queues([], [name for s in made for name in (
+        f"{s.system_exchange_prefix}.system",
+        *(f"{s.system_exchange_prefix}.{p}.events" for p in s.partitions))])
