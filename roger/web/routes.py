@@ -11,8 +11,10 @@ unless `http_host` says otherwise). Acting (POST) needs, in this order:
    and a ``Sec-Fetch-Site`` of ``same-origin``. A cross-site ``fetch`` that
    sets the token header or a JSON type needs a CORS preflight, which this
    server never grants;
-3. the token in the ``X-Roger-Token`` header (never in the URL, so it stays
-   out of logs, history and referrers): missing gets 401, wrong gets 403.
+3. the token in the ``X-Roger-Token`` header, or as ``Authorization: Bearer
+   <token>`` for scripts (never in the URL, so it stays out of logs,
+   history and referrers): missing gets 401, wrong gets 403. A cross-site
+   page cannot send either header without a CORS preflight.
 
 Only then is the action run; a refused request changes nothing.
 
@@ -209,13 +211,24 @@ class Routes:
             return _error(403, "cross-origin requests cannot act")
         if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return _error(403, "cross-site requests cannot act")
-        # Header values arrive decoded as latin-1: back to the bytes sent.
-        given = headers.get(TOKEN_HEADER.lower())
+        given = _token_of(headers)
         if not given:
-            return _error(401, f"actions need the token in the {TOKEN_HEADER} header")
+            return _error(401, f"actions need the token in the {TOKEN_HEADER} header "
+                               "(or Authorization: Bearer)",
+                          **{"WWW-Authenticate": 'Bearer realm="roger"'})
+        # Header values arrive decoded as latin-1: back to the bytes sent.
         if not hmac.compare_digest(given.encode("latin-1", "replace"), self.token):
             return _error(403, "wrong token")
         return None
+
+
+def _token_of(headers: dict[str, str]) -> str | None:
+    """The token a request carries: ``X-Roger-Token``, else ``Authorization: Bearer``."""
+    given = headers.get(TOKEN_HEADER.lower())
+    if not given:
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        given = credentials.strip() if scheme.lower() == "bearer" else None
+    return given or None
 
 
 def _loopback_hosts(settings: Settings) -> frozenset[str] | None:

@@ -142,8 +142,9 @@ def test_the_right_token_pauses_and_resumes(web_settings, partition):
         assert answer.status == 200, answer.body
         assert wait_for(lambda: paused(settings, partition), what="the queue paused")
         assert queue_of(state(settings.http_port), partition)["paused"] is True
+        # Scripts may send it the usual way too.
         answer = request(settings.http_port, "POST", "/api/resume", pause_body(partition),
-                         {"X-Roger-Token": TOKEN})
+                         {"Authorization": f"Bearer {TOKEN}"})
         assert answer.status == 200
         wait_for(lambda: not paused(settings, partition), what="the queue resumed")
 
@@ -163,7 +164,11 @@ def test_a_missing_or_wrong_token_gets_401_or_403_and_changes_nothing(web_settin
     settings = web_settings(partitions={partition: {"default": 1}}, http_token=TOKEN)
     with Node(settings):
         port = settings.http_port
-        assert request(port, "POST", PAUSE, pause_body(partition)).status == 401
+        missing = request(port, "POST", PAUSE, pause_body(partition))
+        assert missing.status == 401 and "www-authenticate" in missing.headers
+        for wrong in (f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN):
+            answer = request(port, "POST", PAUSE, pause_body(partition), {"Authorization": wrong})
+            assert answer.status in (401, 403), wrong
         for wrong in ("nope", TOKEN + "x", TOKEN[:-1], "ü" * 5):
             headers = {"X-Roger-Token": wrong.encode().decode("latin-1")}
             assert request(port, "POST", PAUSE, pause_body(partition), headers).status == 403
