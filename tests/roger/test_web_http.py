@@ -7,8 +7,10 @@ The browser's side (a real Chromium pressing the buttons) is in
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import select
+import signal
 import socket
 import threading
 import time
@@ -17,7 +19,7 @@ import pytest
 from testjobs import Record, events
 
 import roger
-from roger import Node
+from roger import Node, control
 from roger.errors import RogerError
 from roger.node import web
 from roger.settings import Settings
@@ -215,6 +217,29 @@ def test_a_cross_origin_request_cannot_act(web_settings, partition):
                        {"X-Roger-Token": TOKEN, "Origin": f"http://127.0.0.1:{port}",
                         "Sec-Fetch-Site": "same-origin"})
         assert same.status == 200
+
+
+def test_the_page_comes_back_when_its_process_is_killed(web_settings, partition):
+    settings = web_settings(partitions={partition: {"default": 1}})
+
+    def web_pid() -> int | None:
+        with control.Client(settings.control_socket) as ctl:
+            process = ctl.request("status")["processes"].get("roger.web", {})
+        return process.get("pid") if process.get("state") == "running" else None
+
+    with Node(settings):
+        first = web_pid()
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: (pid := web_pid()) and pid != first, what="a new page process")
+        assert wait_for(lambda: _answers(settings.http_port), what="the page to answer again")
+        assert state(settings.http_port)["partitions"][0]["name"] == partition
+
+
+def _answers(port: int) -> bool:
+    try:
+        return request(port, "GET", "/", timeout=5).status == 200
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- hostile clients
