@@ -48,7 +48,7 @@ MAX_BODY = 4 * 1024  # an action's JSON body is a few dozen bytes
 READ_TIMEOUT = 5.0
 REQUEST_DEADLINE = 10.0
 REAP_INTERVAL = 0.5  # how late a deadline may be enforced
-EXIT_NO_PORT = 3
+BIND_RETRY = 5.0  # seconds between attempts to bind a port that is taken
 
 
 class _Budget:
@@ -223,23 +223,41 @@ def _busy(sock: socket.socket) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Process main of the status page: bind, report ready, serve until SIGTERM."""
+    """Process main of the status page: bind, report ready, serve until SIGTERM.
+
+    The node checked the port before it started (`roger.node.web.check_port`),
+    so the first bind succeeds. If a restarted page finds its port taken, it
+    reports ready all the same and tries again every `BIND_RETRY` seconds,
+    saying so in the log: exiting would have the root restart it in a loop
+    until the node's restart intensity took the whole node down.
+    """
     config.configure(settings)  # roger.info & co., called from here, use the node's settings
-    address = (settings.http_host, settings.http_port or 0)
-    try:
-        server = WebServer(address, Routes(settings))
-    except OSError as e:
-        log.error("status page: cannot listen on %s:%s: %s", *address, e.strerror or e)
-        raise SystemExit(EXIT_NO_PORT) from None
-    wakeup = Wakeup()  # SIGTERM from the root ends the loop below
+    wakeup = Wakeup()  # SIGTERM from the root ends the waits below
+    routes = Routes(settings)
+    server = _bind(settings, routes)
+    supervision.ready()
+    while server is None:
+        if select.select([wakeup.reader], [], [], BIND_RETRY)[0]:
+            return
+        server = _bind(settings, routes)
     thread = threading.Thread(target=server.serve_forever, args=(0.5,), name="roger-web",
                               daemon=True)
     thread.start()
-    log.info("status page at http://%s:%d/ (%s)", settings.http_host, server.server_port,
-             "actions need the token" if settings.http_token else "read-only: no http_token")
-    supervision.ready()
     try:
         select.select([wakeup.reader], [], [])
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _bind(settings: Settings, routes: Routes) -> WebServer | None:
+    address = (settings.http_host, settings.http_port or 0)
+    try:
+        server = WebServer(address, routes)
+    except OSError as e:
+        log.error("status page: cannot listen on %s:%s: %s; trying again in %.0f s",
+                  *address, e.strerror or e, BIND_RETRY)
+        return None
+    log.info("status page at http://%s:%d/ (%s)", settings.http_host, server.server_port,
+             "actions need the token" if settings.http_token else "read-only: no http_token")
+    return server

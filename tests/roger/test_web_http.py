@@ -12,6 +12,8 @@ import re
 import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -25,6 +27,7 @@ from roger.node import web
 from roger.settings import Settings
 from roger.web import server as web_server
 from roger.web.routes import STATIC, Routes
+from supervision import Supervisor
 from tests.helpers import wait_for
 from tests.roger.websupport import TOKEN, free_port, paused, queue_of, request, state
 
@@ -233,6 +236,31 @@ def test_the_page_comes_back_when_its_process_is_killed(web_settings, partition)
         wait_for(lambda: (pid := web_pid()) and pid != first, what="a new page process")
         assert wait_for(lambda: _answers(settings.http_port), what="the page to answer again")
         assert state(settings.http_port)["partitions"][0]["name"] == partition
+
+
+def test_a_page_that_cannot_bind_keeps_trying_and_never_takes_the_node_down(make_settings):
+    # A port lost while the page restarted, as its own supervisor sees it:
+    # started (ready), alive, not restarting in a loop. The port is held by
+    # another program (a forked holder would leave it open in the tree).
+    port = free_port()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import socket, sys, time; s = socket.socket(); "
+         "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('bound', flush=True); "
+         "time.sleep(120)", str(port)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"bound\n"
+        settings = make_settings(http_port=port, system_exchange_prefix="web-nobody")
+        with Supervisor([web.web_spec(settings)], intensity=1, period=60.0).start() as tree:
+            time.sleep(web_server.BIND_RETRY + 1)  # one retry at least
+            [child] = tree.which_children()
+            assert (child.state, child.restarts) == ("running", 0)
+            holder.kill()
+            holder.wait()
+            assert wait_for(lambda: _answers(port), timeout=web_server.BIND_RETRY + 15,
+                            what="the page once its port is free")
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _answers(port: int) -> bool:
