@@ -29,7 +29,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -43,7 +43,7 @@ from roger.partition.coordination import cancel, pause, resume
 from roger.settings import Settings, check_partition_name, check_queue_name
 from roger.web.snapshot import Snapshots
 
-__all__ = ["ACTIONS", "Request", "Response", "Routes", "TOKEN_HEADER"]
+__all__ = ["ACTIONS", "Mounts", "Request", "Response", "Routes", "TOKEN_HEADER"]
 
 log = logging.getLogger("roger.web")
 
@@ -124,12 +124,20 @@ ACTIONS: dict[str, Callable[[Settings, dict], Any]] = {
 }
 
 
-class Routes:
-    """Answers one parsed request; `static` maps file names to their bytes."""
+# GET path -> a function returning (body, content type): other read-only
+# pages served on the same port, e.g. the Prometheus text on /metrics when
+# metrics_port and http_port are one (SPEC: "may share the metrics server").
+Mounts = Mapping[str, Callable[[], tuple[bytes, str]]]
 
-    def __init__(self, settings: Settings, snapshots: Snapshots | None = None) -> None:
+
+class Routes:
+    """Answers one parsed request: the page, its assets, its API and `mounts`."""
+
+    def __init__(self, settings: Settings, snapshots: Snapshots | None = None,
+                 mounts: Mounts | None = None) -> None:
         self.settings = settings
         self.snapshots = snapshots or Snapshots(settings)
+        self.mounts = dict(mounts or {})
         self.token = (settings.http_token.get_secret_value().encode()
                       if settings.http_token is not None else None)
         self.hosts = _loopback_hosts(settings)
@@ -148,6 +156,9 @@ class Routes:
             return _error(405, "this path is read-only", Allow="GET, HEAD")
         if path in STATIC:
             return Response(200, self.static[path], STATIC[path][1])
+        if path in self.mounts:
+            body, content_type = self.mounts[path]()
+            return Response(200, body, content_type, {"Cache-Control": "no-store"})
         if path == "/api/state":
             try:
                 return _json(200, self.snapshots.get(), **{"Cache-Control": "no-store"})

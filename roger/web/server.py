@@ -35,10 +35,10 @@ from typing import Any
 import supervision
 from roger import config
 from roger.settings import Settings
-from roger.web.routes import SECURITY_HEADERS, Request, Response, Routes
+from roger.web.routes import SECURITY_HEADERS, Mounts, Request, Response, Routes
 from supervision.signals import Wakeup
 
-__all__ = ["MAX_BODY", "MAX_CONNECTIONS", "REQUEST_DEADLINE", "WebServer", "serve"]
+__all__ = ["MAX_BODY", "MAX_CONNECTIONS", "REQUEST_DEADLINE", "WebServer", "mounts", "serve"]
 
 log = logging.getLogger("roger.web")
 
@@ -233,7 +233,7 @@ def serve(settings: Settings) -> None:
     """
     config.configure(settings)  # roger.info & co., called from here, use the node's settings
     wakeup = Wakeup()  # SIGTERM from the root ends the waits below
-    routes = Routes(settings)
+    routes = Routes(settings, mounts=mounts(settings))
     server = _bind(settings, routes)
     supervision.ready()
     while server is None:
@@ -248,6 +248,17 @@ def serve(settings: Settings) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def mounts(settings: Settings) -> Mounts:
+    """Other read-only pages this server serves beside the status page.
+
+    None yet. The hook for SPEC's "may share the metrics server": when
+    ``metrics_port == http_port``, mount the Prometheus exposition here,
+    ``{"/metrics": lambda: (exposition bytes, its content type)}``, and have
+    the node start only this server.
+    """
+    return {}
 
 
 def _bind(settings: Settings, routes: Routes) -> WebServer | None:

@@ -6,10 +6,15 @@ nodes behind them are in ``test_web_http.py`` and ``test_web_browser.py``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from roger import info
 from roger.settings import Settings
+from roger.web import snapshot
 from roger.web.rates import RateWindow, job_counters, per_queue
+from roger.web.routes import Request, Routes
 from roger.web.snapshot import build
 
 
@@ -109,3 +114,30 @@ def test_no_rates_are_shown_before_the_window_has_two_samples():
     view = build(nodes, {}, {}, 0.0, None, Settings(node_name="a"))
     assert view["partitions"][0]["queues"][0]["done_per_second"] is None
     assert view["actions"] is False
+
+
+def test_other_read_only_pages_can_be_mounted_beside_the_page():
+    """SPEC: the page "may share the metrics server": /metrics mounts on the same port."""
+    settings = Settings(http_port=9999, http_token="t")
+    routes = Routes(settings, mounts={"/metrics": lambda: (b"roger_up 1\n", "text/plain")})
+    host = {"host": "127.0.0.1:9999"}
+    answer = routes(Request("GET", "/metrics", host))
+    assert (answer.status, answer.body, answer.content_type) == (200, b"roger_up 1\n",
+                                                                  "text/plain")
+    assert routes(Request("POST", "/metrics", host)).status == 405
+
+
+def test_periodic_jobs_are_listed_when_this_roger_has_them(monkeypatch):
+    @dataclasses.dataclass
+    class Entry:
+        name: str
+        cron: str
+        next_run: str
+
+    monkeypatch.setattr(info, "periodic", lambda settings=None: [Entry("nightly", "0 3 * * *",
+                                                                       "2026-12-07T03:00")],
+                        raising=False)
+    assert snapshot._periodic(Settings()) == [{"name": "nightly", "cron": "0 3 * * *",
+                                               "next_run": "2026-12-07T03:00"}]
+    monkeypatch.delattr(info, "periodic")
+    assert snapshot._periodic(Settings()) is None
