@@ -141,3 +141,14 @@ def test_periodic_jobs_are_listed_when_this_roger_has_them(monkeypatch):
                                                "next_run": "2026-12-07T03:00"}]
     monkeypatch.delattr(info, "periodic")
     assert snapshot._periodic(Settings()) is None
+
+
+def test_the_token_never_shows_in_settings_repr_or_errors():
+    from pydantic import ValidationError
+
+    from roger.settings import describe_validation_error
+    assert "s3cret" not in repr(Settings(http_token="s3cret"))
+    with pytest.raises(ValidationError) as caught:
+        Settings(http_token=["s3cret"], http_port=0)
+    text = describe_validation_error(caught.value)
+    assert "http_port" in text and "http_token" in text and "s3cret" not in text
