@@ -20,7 +20,10 @@ ones, and never in a cycle (`tests/roger/test_layers.py` checks both):
 5. **api**: `roger.job`, `roger.producer`, `roger.info`, `roger.admin`,
    `roger.testing` (jobs run inline or captured, no broker), its pytest
    fixtures `roger.pytest_plugin`, and this module.
-6. **cli**: `roger.cli` (with `python -m roger` and `python -m roger.supervisor`).
+6. **web**: `roger.web`, the status page: its HTTP server shows what
+   `roger.info` gathers and acts through the API. The node starts its
+   process by name (`roger.node.web`), never by import.
+7. **cli**: `roger.cli` (with `python -m roger` and `python -m roger.supervisor`).
 
 The file tree is the process tree: `roger/node/` holds the processes a node
 runs once, `roger/partition/` those it runs per partition and per queue.

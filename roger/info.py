@@ -21,14 +21,15 @@ from typing import Any
 
 from roger import config, message
 from roger.amqp import broker, topology
+from roger.amqp.connection import QueueNotFound
 from roger.errors import BadMessage
 from roger.job import Job, UnregisteredJob
 from roger.node import system
 from roger.partition import settlement
 from roger.settings import Settings
 
-__all__ = ["RejectedMessage", "buried_jobs", "partitions", "queued_jobs", "rejected_jobs",
-           "running_jobs"]
+__all__ = ["RejectedMessage", "buried_jobs", "nodes", "partitions", "queue_depths",
+           "queued_jobs", "rejected_jobs", "running_jobs"]
 
 log = logging.getLogger(__name__)
 
@@ -234,4 +235,40 @@ def running_jobs(partition: str | None = None, *, settings: Settings | None = No
                 job.started_at = entry["started_at"]
                 jobs.append(job)
             out[node][name] = jobs
+    return out
+
+
+def nodes(*, settings: Settings | None = None, timeout: float = 1.0) -> dict[str, dict]:
+    """Every live node's full status, as ``roger ctl status`` shows its own: ``{node: status}``.
+
+    A status has ``"node"``, ``"pid"``, ``"running"`` (each partition with
+    its pid, restarts, coordinator and queues: workers, paused, idle,
+    running jobs with their records and ``started_at``) and ``"waiting"``.
+    """
+    return system.gather(settings or config.get_settings(), "status", timeout)
+
+
+def queue_depths(partition: str, queue: str, *, settings: Settings | None = None
+                 ) -> dict[str, int | None]:
+    """Messages in a queue and its side queues now: ``{"ready", "buried", "rejected"}``.
+
+    Counted by RabbitMQ (a passive declare, nothing read); a queue that was
+    never declared counts None.
+    """
+    settings = settings or config.get_settings()
+    names = {"ready": topology.queue_name(partition, queue),
+             "buried": topology.buried_queue_name(partition, queue),
+             "rejected": topology.rejected_queue_name(partition, queue)}
+    out: dict[str, int | None] = {}
+    remaining = list(names.items())
+    while remaining:
+        # One channel for all three, but a missing queue closes it: then the next.
+        try:
+            with broker.get_broker(settings).channel() as channel:
+                while remaining:
+                    state, name = remaining[0]
+                    out[state] = channel.queue_declare(name, passive=True).message_count
+                    remaining.pop(0)
+        except QueueNotFound:
+            out[remaining.pop(0)[0]] = None
     return out

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,6 +55,7 @@ _MODULE_NAME = re.compile(_MODULE)
 _OBJECT_REF = re.compile(rf"{_MODULE}:{_MODULE}")
 _NODE_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,200}")
 _SECRET_FIELDS = frozenset({"broker_url"})
+_HIDDEN_INPUTS = frozenset({"broker_url", "http_token"})  # never echoed in errors
 
 # The explicit config file travels from __init__ to settings_customise_sources
 # (a classmethod, called inside BaseSettings.__init__) through a context var.
@@ -212,6 +213,19 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds to wait for RabbitMQ to confirm a publish."
     )
 
+    http_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="TCP port of the node's status page (see roger.web); None: no page.",
+    )
+    http_host: str = Field(
+        "127.0.0.1", min_length=1, description="Address the status page binds to."
+    )
+    http_token: SecretStr | None = Field(
+        None, min_length=1,
+        description="Token the status page's actions need (header X-Roger-Token); "
+                    "None: the page is read-only.",
+    )
+
     def __init__(self, _config_file: str | os.PathLike[str] | None = None, **values: Any):
         path = _config_file if _config_file is not None else os.environ.get("ROGER_CONFIG")
         if path is not None:
@@ -345,7 +359,7 @@ def describe_validation_error(error: ValidationError) -> str:
             message = "unknown setting"
         line = f"{where}: {message}"
         field = str(problem["loc"][0]) if problem["loc"] else ""
-        if "input" in problem and field not in _SECRET_FIELDS and problem["type"] != (
+        if "input" in problem and field not in _HIDDEN_INPUTS and problem["type"] != (
             "missing"
         ):
             shown = repr(problem["input"])

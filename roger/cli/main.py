@@ -86,6 +86,12 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queue-type", choices=["quorum", "classic"])
     g.add_argument("--state-dir", metavar="PATH")
     g.add_argument("--control-socket", metavar="PATH")
+    # The page's token has no flag: a command line is visible to every user
+    # (ps); it comes from ROGER_HTTP_TOKEN or the settings file.
+    g.add_argument("--http-port", type=int, metavar="PORT",
+                   help="serve the status page on this port (actions need http_token)")
+    g.add_argument("--http-host", metavar="ADDRESS",
+                   help="address of the status page (default 127.0.0.1)")
 
 
 def load_settings(args: argparse.Namespace) -> Any:

@@ -1,8 +1,9 @@
 """`roger.Node`: a node's process tree, embeddable or standalone.
 
 `Node` builds the root supervisor (`roger.node.root`) with the node's own
-processes as its first children (the control server, then the system
-process), and runs it in this process (`run`) or in a child (`start`).
+processes as its first children (the control server, the system process,
+and the status page's server when `http_port` is set), and runs it in this
+process (`run`) or in a child (`start`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from roger.node import root as root_requests
 from roger.node.control_server import control_spec
 from roger.node.root import CALL_TIMEOUT, Root
 from roger.node.system import system_spec
+from roger.node.web import check_port, web_spec
 from roger.settings import Settings
 from supervision import Supervisor, SupervisorAPI, SupervisorHandle
 
@@ -92,10 +94,13 @@ class Node:
         # A live node on our control socket (or a path too long for one)
         # fails here, in the caller, with a clear ControlError.
         control.claim_socket_path(self.settings.control_socket)
+        check_port(self.settings)  # the status page's port, when it has one
         # The control server is the first child: the socket is there before
         # any partition starts, and a partition waiting for the broker never
         # keeps the operator out.
-        return Root(self.settings, (control_spec(self.settings), system_spec(self.settings)))
+        web = web_spec(self.settings)
+        return Root(self.settings, (control_spec(self.settings), system_spec(self.settings),
+                                    *([web] if web is not None else [])))
 
     def run(self) -> None:
         """Serve in this process until SIGTERM/SIGINT (or `stop()` from another thread)."""

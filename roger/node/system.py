@@ -122,6 +122,8 @@ class System(Service):
     def _answer(self, body: dict) -> Any:
         cmd = body.get("cmd")
         status = root.node_status(supervision.parent(), STATUS_TIMEOUT)
+        if cmd == "status":
+            return status
         if cmd == "partitions":
             return partitions_view(status)
         if cmd == "running_jobs":

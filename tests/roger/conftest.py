@@ -9,7 +9,8 @@ import pytest
 
 from roger import Node, config
 from roger.settings import Settings
-from tests.roger.support import BROKER, delete_partition
+from tests.roger.support import BROKER, delete_partition, delete_queues
+from tests.roger.websupport import free_port
 
 
 @pytest.fixture
@@ -47,3 +48,25 @@ def node(make_settings, partition):
 @pytest.fixture
 def out(tmp_path: Path) -> str:
     return str(tmp_path / "events.jsonl")
+
+
+@pytest.fixture
+def web_settings(make_settings):
+    """Settings for a node with a status page on a free port, seeing only itself.
+
+    Its own system exchange prefix keeps other tests' nodes (on the shared
+    broker) off its page; the exchanges named with it (the system exchange,
+    the partitions' events exchanges) are deleted afterwards.
+    """
+    made: list[Settings] = []
+
+    def make(**fields) -> Settings:
+        settings = make_settings(**({"http_port": free_port(),
+                                     "system_exchange_prefix": f"web{uuid.uuid4().hex[:8]}"}
+                                    | fields))
+        made.append(settings)
+        return settings
+    yield make
+    delete_queues([], [name for s in made for name in (
+        f"{s.system_exchange_prefix}.system",
+        *(f"{s.system_exchange_prefix}.{p}.events" for p in s.partitions))])

@@ -21,6 +21,7 @@ LAYERS = [
     ("node", ("roger.node",)),
     ("api", ("roger.job", "roger.producer", "roger.info", "roger.admin", "roger.testing",
              "roger.pytest_plugin", "roger")),
+    ("web", ("roger.web",)),
     ("cli", ("roger.cli", "roger.supervisor", "roger.__main__")),
 ]
 
