@@ -16,6 +16,7 @@ from roger import control, registry
 from roger.amqp import connection
 from roger.node import root as root_requests
 from roger.node.control_server import control_spec
+from roger.node.metrics_server import check_port, metrics_spec
 from roger.node.root import CALL_TIMEOUT, Root
 from roger.node.system import system_spec
 from roger.settings import Settings
@@ -95,7 +96,20 @@ class Node:
         # The control server is the first child: the socket is there before
         # any partition starts, and a partition waiting for the broker never
         # keeps the operator out.
-        return Root(self.settings, (control_spec(self.settings), system_spec(self.settings)))
+        children = [control_spec(self.settings), system_spec(self.settings)]
+        if self._serves_metrics():
+            check_port(self.settings)  # a taken port fails here, in the caller, clearly
+            children.append(metrics_spec(self.settings))
+        return Root(self.settings, tuple(children))
+
+    def _serves_metrics(self) -> bool:
+        """Whether the node runs its own metrics server (on `metrics_port`).
+
+        Not when the status page's port is the same: that server mounts
+        ``/metrics`` itself (`roger.node.exposition`).
+        """
+        port = self.settings.metrics_port
+        return port is not None and port != getattr(self.settings, "http_port", None)
 
     def run(self) -> None:
         """Serve in this process until SIGTERM/SIGINT (or `stop()` from another thread)."""
