@@ -18,8 +18,9 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
+from urllib.parse import urlsplit
 
-from benchmarks.common import ROOT, BenchError
+from benchmarks.common import BROKER_URL, ROOT, BenchError
 
 PAGE_KB = 1024
 
@@ -146,7 +147,12 @@ def tcp_client_ports(pids: Sequence[int], remote_port: int) -> set[int]:
 
 
 def broker_pids() -> list[int]:
-    """RabbitMQ's Erlang VM (beam.smp) on this machine, to charge it its CPU time."""
+    """RabbitMQ's Erlang VM (beam.smp) on this machine, to charge it its CPU time.
+
+    The one listening on the benchmark broker's port when it can be told (the
+    machine may run other RabbitMQ nodes, e.g. other users' isolated ones,
+    which come and go); else every Erlang VM.
+    """
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -156,7 +162,34 @@ def broker_pids() -> list[int]:
                         found.append(int(entry))
             except OSError:
                 continue
-    return found
+    serving = [pid for pid in found if _listens_on(pid, urlsplit(BROKER_URL).port or 5672)]
+    return serving or found
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (from /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                listening.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in listening:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class CpuMeter:

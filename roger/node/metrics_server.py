@@ -21,13 +21,15 @@ import selectors
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import supervision
-from roger.node.exposition import Exposition, respond
 from roger.settings import Settings
 from supervision import ChildSpec
 from supervision.signals import Wakeup
+
+if TYPE_CHECKING:
+    from roger.node.exposition import Exposition
 
 __all__ = ["CHILD_ID", "MetricsServer", "check_port", "metrics_spec", "run_metrics_server"]
 
@@ -63,7 +65,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        if path == "/metrics" and self.server.exposition is not None:
+            from roger.node.exposition import respond
+
             respond(self, self.server.exposition)
         elif path == "/":
             self._send(200, b'roger node metrics: <a href="/metrics">/metrics</a>\n',
@@ -131,13 +135,12 @@ def _cut(sock: socket.socket) -> None:
 def run_metrics_server(settings: Settings) -> None:
     """Process main: serve until SIGTERM; a taken port is retried, never a crash loop."""
     wakeup = Wakeup()
-    exposition = Exposition(settings)
     address = (settings.metrics_host, settings.metrics_port)
     server: MetricsServer | None = None
     told_ready = False
     while server is None:
         try:
-            server = MetricsServer(address, exposition)  # type: ignore[arg-type]
+            server = MetricsServer(address, None)
         except OSError as e:
             log.error("metrics: cannot listen on %s:%s (%s); trying again in %g s",
                       *address, e, BIND_RETRY)
@@ -146,12 +149,18 @@ def run_metrics_server(settings: Settings) -> None:
                 told_ready = True
             if _stopped(wakeup, BIND_RETRY):
                 return
+    if not told_ready:
+        # Listening: scrapes wait in the backlog. The node goes on starting its
+        # partitions meanwhile, not after prometheus_client's import.
+        supervision.ready()
+    # prometheus_client is loaded here only: the node's other processes never need it.
+    from roger.node.exposition import Exposition
+
+    server.exposition = Exposition(settings)
     thread = threading.Thread(target=server.serve_forever, name="roger-metrics-http",
                               daemon=True)
     thread.start()
     log.info("serving metrics at http://%s:%s/metrics", *address)
-    if not told_ready:
-        supervision.ready()
     try:
         # Only a signal ends it (the process also dies with its parent); the
         # bound merely keeps the wait finite.
