@@ -86,6 +86,9 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queue-type", choices=["quorum", "classic"])
     g.add_argument("--state-dir", metavar="PATH")
     g.add_argument("--control-socket", metavar="PATH")
+    g.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics at http://<metrics-host>:PORT/metrics")
+    g.add_argument("--metrics-host", metavar="ADDRESS", help="default 127.0.0.1")
 
 
 def load_settings(args: argparse.Namespace) -> Any:

@@ -54,7 +54,7 @@ def check_port(settings: Settings) -> None:
     try:
         probe = MetricsServer((host, port), None)
     except OSError as e:
-        raise OSError(e.errno, f"cannot serve metrics on {host}:{port}: {e.strerror}") from None
+        raise OSError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
     probe.server_close()
 
 

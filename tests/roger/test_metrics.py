@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -164,6 +165,43 @@ def test_counters_survive_a_queue_going_idle_and_waking(make_settings, partition
         testjobs.Record.create({"out": out}).enqueue(partition)
         wait_for(lambda: value(scrape(port), "roger_jobs_total", **done) == 3, timeout=30,
                  what="3 done after the queue woke up")
+
+
+def test_counters_survive_a_consumer_killed_outright(make_settings, partition, out):
+    port = free_port()
+    settings = make_settings(partitions={partition: {"default": 2}}, metrics_port=port)
+    done = {"partition": partition, "queue": "default", "job": name(testjobs.Record),
+            "outcome": "done"}
+    with Node(settings) as node:
+        for _ in range(2):
+            testjobs.Record.create({"out": out}).enqueue(partition)
+        wait_for(lambda: value(scrape(port), "roger_jobs_total", **done) == 2, timeout=30,
+                 what="2 done")
+        consumer = node.status()["running"][partition]["queues"]["default"]["pid"]
+        os.kill(consumer, signal.SIGKILL)
+        wait_for(lambda: node.status()["running"][partition]["queues"]["default"].get("pid")
+                 not in (None, consumer), timeout=30, what="the consumer restarted")
+        assert value(scrape(port), "roger_jobs_total", **done) == 2
+        testjobs.Record.create({"out": out}).enqueue(partition)
+        wait_for(lambda: value(scrape(port), "roger_jobs_total", **done) == 3, timeout=30,
+                 what="3 done after the restart")
+
+
+def test_a_partition_that_cannot_start_shows_as_waiting(make_settings, partition):
+    # A classic queue where roger declares a quorum one: the declaration fails.
+    with kombu.Connection(BROKER) as conn:
+        conn.channel().queue_declare(f"{partition}-default", durable=True, auto_delete=False)
+    port = free_port()
+    settings = make_settings(partitions={partition: {"default": 1}}, queue_type="quorum",
+                             metrics_port=port)
+    with Node(settings):
+        wait_for(lambda: value(scrape(port), "roger_partition_waiting",
+                               partition=partition) == 1, timeout=30, what="waiting = 1")
+        with kombu.Connection(BROKER) as conn:
+            conn.channel().queue_delete(f"{partition}-default")
+        wait_for(lambda: value(scrape(port), "roger_partition_waiting",
+                               partition=partition) == 0, timeout=60,
+                 what="waiting = 0 once it started")
 
 
 def test_metrics_are_off_by_default(make_settings, partition):
