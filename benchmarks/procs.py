@@ -199,14 +199,20 @@ class CpuMeter:
     bound by CPU (both cores busy) or by waiting (round trips, prefetch).
     """
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, consumers: bool = False) -> None:
         self.root = root
         self.broker = broker_pids()
         self.marks: list[tuple[float, int, float, float]] = []  # (time, jobs, tree s, broker s)
+        # With `consumers` (a roger node under `root`), the CPU of its consumer
+        # processes alone too: a figure far less noisy than the whole tree's.
+        self.consumers = consumers
+        self.consumer_marks: list[float] = []
 
     def mark(self, jobs: int) -> None:
         self.marks.append((time.monotonic(), jobs, cpu_seconds(list(tree(self.root))),
                            cpu_seconds(self.broker)))
+        if self.consumers:
+            self.consumer_marks.append(cpu_seconds(roger_consumers(self.root)))
 
     def between(self) -> dict[str, float]:
         """Per job CPU (µs) of the system and of the broker between the first and last mark,
@@ -215,8 +221,23 @@ class CpuMeter:
             return {}
         (t0, j0, s0, b0), (t1, j1, s1, b1) = self.marks[0], self.marks[-1]
         jobs, cores = j1 - j0, len(os.sched_getaffinity(0))
-        return {"cpu_sut": (s1 - s0) / jobs * 1e6, "cpu_broker": (b1 - b0) / jobs * 1e6,
-                "busy": (s1 - s0 + b1 - b0) / ((t1 - t0) * cores) * 100}
+        out = {"cpu_sut": (s1 - s0) / jobs * 1e6, "cpu_broker": (b1 - b0) / jobs * 1e6,
+               "busy": (s1 - s0 + b1 - b0) / ((t1 - t0) * cores) * 100}
+        if len(self.consumer_marks) >= 2:
+            out["cpu_consumer"] = (self.consumer_marks[-1] - self.consumer_marks[0]) / jobs * 1e6
+        return out
+
+
+def roger_consumers(runner: int) -> list[int]:
+    """The consumer processes of the roger node that `runner` started (`Node.start()`).
+
+    runner (0) > root supervisor (1) > partition supervisors and node services
+    (2) > coordinators and consumers (3) > workers (4): consumers are the
+    processes at depth 3 with children.
+    """
+    children, _ = _scan()
+    depth = levels(runner)
+    return [pid for pid, d in depth.items() if d == 3 and children.get(pid)]
 
 
 def _kill(pids: dict[int, int], sig: int) -> None:

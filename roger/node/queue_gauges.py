@@ -57,7 +57,8 @@ class QueueGauges:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.broker = Broker(Settings(**(settings.model_dump() | {"confirm_timeout": IO_TIMEOUT})))
+        # Its own connection, whose calls give up sooner than a publisher's.
+        self.broker = Broker(settings.model_copy(update={"confirm_timeout": IO_TIMEOUT}))
         self.values: dict[tuple[str, str], dict[str, int]] = {}
         self.wanted: dict[str, list[str]] = {}  # partition -> queues, from the last scrape
         self.read_at = 0.0  # monotonic time of the last complete read (0: none yet)

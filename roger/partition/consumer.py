@@ -188,8 +188,10 @@ class Consumer(Service):
     def timeout(self) -> float:
         now = time.monotonic()
         timeout = self.admission.next_deadline(now)
-        if self.tally is not None and self.tally.pending(self._gauges()):
-            timeout = min(timeout, self.tally.next_report - now)
+        tally = self.tally
+        # Counts waiting (the common case while busy) spare the gauges' computing.
+        if tally is not None and (tally.jobs or tally.pending(self._gauges())):
+            timeout = min(timeout, tally.next_report - now)
         if self.draining:
             timeout = min(timeout, self.drain_deadline - now)
         if self.settings.idle_after > 0:
@@ -210,12 +212,15 @@ class Consumer(Service):
         At most every `REPORT_EVERY` seconds, and only when there is news; the
         `final` one, as the consumer exits, also zeroes its gauges.
         """
-        assert self.tally is not None
+        tally = self.tally
+        assert tally is not None
         now = time.monotonic()
+        if now < tally.next_report and not final:
+            return  # most turns of a busy consumer end here
         gauges = (0, 0, 0) if final else self._gauges()
-        if not self.tally.pending(gauges) or (now < self.tally.next_report and not final):
+        if not tally.pending(gauges):
             return
-        report = self.tally.take(gauges, now)
+        report = tally.take(gauges, now)
         if self.parent is not None:
             try:
                 self.parent.event(report)
