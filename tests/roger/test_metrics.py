@@ -7,8 +7,10 @@ import os
 import re
 import signal
 import socket
+import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import kombu
@@ -18,7 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import roger
 from roger import Node
+from roger.metrics import Histogram
+from roger.node.exposition import Exposition, respond
 from roger.node.metrics_server import MAX_CONNECTIONS
+from roger.node.metrics_store import Snapshot
 from tests.helpers import ROOT, wait_for
 from tests.roger.support import BROKER
 
@@ -319,3 +324,39 @@ def test_listening_ports_sees_a_listening_node(make_settings, partition):
     with Node(make_settings(partitions={partition: {"default": 1}}, metrics_port=port)) as node:
         wait_for(lambda: port in listening_ports(tree(node.pid)), timeout=15,
                  what="the metrics port in the node's tree")
+
+
+def test_a_duration_on_a_bucket_bound_counts_in_that_bucket():
+    hist = Histogram()
+    for seconds in (0.005, 0.0051, 7200.0):
+        hist.observe(seconds)
+    assert hist.counts[0] == 1  # le="0.005" holds 0.005 itself, as Prometheus means it
+    assert hist.counts[1] == 1
+    assert hist.counts[-1] == 1  # +Inf
+    assert hist.total == pytest.approx(7200.0101)
+
+
+def test_the_exposition_mounts_in_another_http_server(make_settings, partition):
+    """How the status page serves /metrics on its own port: `respond` in its handler."""
+    snap = Snapshot("n1", jobs={(partition, "default", "myapp:Job", "done"): 7},
+                    partitions={partition: {"default": 2}})
+    exposition = Exposition(make_settings(), ask_root=lambda payload, timeout: snap)
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            respond(self, exposition)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        samples = scrape(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert value(samples, "roger_jobs_total", partition=partition, queue="default",
+                 job="myapp:Job", outcome="done") == 7
+    assert value(samples, "roger_queue_messages", partition=partition, queue="default",
+                 state="ready") == 0
