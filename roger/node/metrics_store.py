@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from roger.metrics import Histogram, QueueReport
+from roger.metrics import OUTCOMES, Histogram, QueueReport
 
 __all__ = ["MetricsSnapshot", "MetricsStore", "Snapshot"]
 
@@ -58,10 +58,23 @@ class MetricsStore:
         p, q = report.partition, report.queue
         for (job, outcome), n in report.jobs.items():
             key = (p, q, job, outcome)
-            self.jobs[key] = self.jobs.get(key, 0) + n
+            if key not in self.jobs:
+                self._start_series(p, q, job)
+            self.jobs[key] += n
         for job, hist in report.durations.items():
             self.durations.setdefault((p, q, job), Histogram()).add(hist)
         self.gauges[(p, q)] = (report.running, report.workers, report.unacked)
+
+    def _start_series(self, partition: str, queue: str, job: str) -> None:
+        """Every outcome of a job seen for the first time, at 0.
+
+        So the first failure of a kind shows as 0 -> 1: an alert on
+        ``increase(roger_jobs_total{outcome="buried"}[5m]) > 0`` sees it,
+        where a series born at 1 would look unchanged.
+        """
+        outcomes = ("rejected",) if job == "" else [o for o in OUTCOMES if o != "rejected"]
+        for outcome in outcomes:
+            self.jobs.setdefault((partition, queue, job, outcome), 0)
 
     def partition_gone(self, partition: str) -> None:
         """Its processes are gone (stopped, crashed, dormant): nothing runs there now."""

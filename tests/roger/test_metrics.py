@@ -58,13 +58,14 @@ def value(samples: dict, name: str, **labels: str) -> float | None:
 
 
 def jobs_total(samples: dict, partition: str) -> dict[tuple[str, str], float]:
-    """``(job, outcome) -> count`` of `partition`'s default queue."""
+    """``(job, outcome) -> count`` of `partition`'s default queue (outcomes still at 0 left out)."""
     out = {}
     for (name, labels), v in samples.items():
         d = dict(labels)
         if name == "roger_jobs_total" and d["partition"] == partition:
             assert d["queue"] == "default"
-            out[(d["job"], d["outcome"])] = v
+            if v:
+                out[(d["job"], d["outcome"])] = v
     return out
 
 
@@ -134,6 +135,10 @@ def test_metrics_after_a_known_workload(make_settings, partition, out):
     assert value(samples, "roger_workers", partition=partition, queue="other") == 0
     assert 1 <= value(samples, "roger_workers", **m) <= 4
     assert value(samples, "roger_partition_waiting", partition=partition) == 0
+    # A job's outcomes all exist once it ran: the first failure of a kind shows as 0 -> 1.
+    assert value(samples, "roger_jobs_total", **m, job=name(testjobs.Record),
+                 outcome="buried") == 0
+    assert value(samples, "roger_jobs_total", **m, job="", outcome="done") is None
     # One duration per run: the retried job ran twice, a rejected message never ran.
     runs = {testjobs.Record: 3, testjobs.Raise: 1, testjobs.Fail: 2, testjobs.WaitForKill: 1,
             testjobs.Hang: 1, testjobs.ExitHard: 1}
