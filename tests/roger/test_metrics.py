@@ -25,7 +25,7 @@ from roger.node.exposition import Exposition, respond
 from roger.node.metrics_server import MAX_CONNECTIONS
 from roger.node.metrics_store import Snapshot
 from tests.helpers import ROOT, wait_for
-from tests.roger.support import BROKER
+from tests.roger.support import BROKER, delete_queues
 
 DASHBOARD = ROOT / "docs" / "grafana-roger.json"
 
@@ -195,6 +195,22 @@ def test_counters_survive_a_consumer_killed_outright(make_settings, partition, o
         testjobs.Record.create({"out": out}).enqueue(partition)
         wait_for(lambda: value(scrape(port), "roger_jobs_total", **done) == 3, timeout=30,
                  what="3 done after the restart")
+
+
+def test_a_job_waiting_for_its_retry_counts_as_delayed(make_settings, partition, out):
+    port = free_port()
+    settings = make_settings(partitions={partition: {"default": 1}}, metrics_port=port,
+                             retry_levels=[20])
+    try:
+        with Node(settings):
+            testjobs.Fail.create({"out": out}).enqueue(partition)
+            delayed = dict(partition=partition, queue="default", state="delayed")
+            wait_for(lambda: value(scrape(port), "roger_queue_messages", **delayed) == 1,
+                     timeout=15, what="the retried job counted as delayed")
+            assert value(scrape(port), "roger_queue_messages", partition=partition,
+                         queue="default", state="ready") == 0
+    finally:
+        delete_queues([f"{partition}-default.retry.20"])
 
 
 def test_a_partition_that_cannot_start_shows_as_waiting(make_settings, partition):
