@@ -241,6 +241,12 @@ def test_metrics_are_off_by_default(make_settings, partition):
 def test_every_metric_of_the_grafana_dashboard_is_served(make_settings, partition, out):
     names = dashboard_metrics()
     assert names, "the dashboard names no roger metric"
+    for expr in dashboard_exprs():
+        depth = 0
+        for char in expr:  # a query with unbalanced brackets would not load
+            depth += (char in "({[") - (char in ")}]")
+            assert depth >= 0, expr
+        assert depth == 0, expr
     port = free_port()
     with Node(make_settings(partitions={partition: {"default": 1}}, metrics_port=port)):
         testjobs.Record.create({"out": out}).enqueue(partition)
@@ -298,13 +304,18 @@ def _scrapes(port: int) -> bool:
         return False
 
 
-def dashboard_metrics() -> set[str]:
-    """The metric names in every query of the Grafana dashboard."""
+def dashboard_exprs() -> list[str]:
+    """Every query of the Grafana dashboard: its panels' and its variables'."""
     board = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for panel in board["panels"] for t in panel.get("targets", [])]
     exprs += [v.get("query", {}).get("query", "") if isinstance(v.get("query"), dict)
               else v.get("query", "") for v in board.get("templating", {}).get("list", [])]
-    return {m for e in exprs for m in re.findall(r"\broger_[a-z_]+\b", e)}
+    return exprs
+
+
+def dashboard_metrics() -> set[str]:
+    """The metric names in every query of the Grafana dashboard."""
+    return {m for e in dashboard_exprs() for m in re.findall(r"\broger_[a-z_]+\b", e)}
 
 
 def tree(pid: int) -> set[int]:
