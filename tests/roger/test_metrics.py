@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import roger
 from roger import Node
+from roger.amqp import topology
 from roger.metrics import Histogram
 from roger.node.exposition import Exposition, respond
 from roger.node.metrics_server import MAX_CONNECTIONS
@@ -203,6 +204,10 @@ def test_a_job_waiting_for_its_retry_counts_as_delayed(make_settings, partition,
     port = free_port()
     settings = make_settings(partitions={partition: {"default": 1}}, metrics_port=port,
                              retry_levels=[20])
+    # The retry queue exists before the node first looks (it is looked for
+    # again only every MISSING_RECHECK seconds once found missing).
+    with kombu.Connection(BROKER) as conn:
+        topology.declare_queues(conn.default_channel, settings, partition, "default")
     try:
         with Node(settings):
             testjobs.Fail.create({"out": out}).enqueue(partition)
