@@ -146,12 +146,12 @@ def tcp_client_ports(pids: Sequence[int], remote_port: int) -> set[int]:
     return ports
 
 
-def broker_pids() -> list[int]:
+def broker_pids(url: str = BROKER_URL) -> list[int]:
     """RabbitMQ's Erlang VM (beam.smp) on this machine, to charge it its CPU time.
 
-    The one listening on the benchmark broker's port when it can be told (the
-    machine may run other RabbitMQ nodes, e.g. other users' isolated ones,
-    which come and go); else every Erlang VM.
+    The one listening on the port of `url` when it can be told (the machine
+    may run other RabbitMQ nodes, e.g. other users' isolated ones, which come
+    and go); else every Erlang VM.
     """
     found = []
     for entry in os.listdir("/proc"):
@@ -162,7 +162,7 @@ def broker_pids() -> list[int]:
                         found.append(int(entry))
             except OSError:
                 continue
-    serving = [pid for pid in found if _listens_on(pid, urlsplit(BROKER_URL).port or 5672)]
+    serving = [pid for pid in found if _listens_on(pid, urlsplit(url).port or 5672)]
     return serving or found
 
 
@@ -199,9 +199,9 @@ class CpuMeter:
     bound by CPU (both cores busy) or by waiting (round trips, prefetch).
     """
 
-    def __init__(self, root: int, consumers: bool = False) -> None:
+    def __init__(self, root: int, consumers: bool = False, broker_url: str = BROKER_URL) -> None:
         self.root = root
-        self.broker = broker_pids()
+        self.broker = broker_pids(broker_url)
         self.marks: list[tuple[float, int, float, float]] = []  # (time, jobs, tree s, broker s)
         # With `consumers` (a roger node under `root`), the CPU of its consumer
         # processes alone too: a figure far less noisy than the whole tree's.
