@@ -18,8 +18,9 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
+from urllib.parse import urlsplit
 
-from benchmarks.common import ROOT, BenchError
+from benchmarks.common import BROKER_URL, ROOT, BenchError
 
 PAGE_KB = 1024
 
@@ -145,8 +146,13 @@ def tcp_client_ports(pids: Sequence[int], remote_port: int) -> set[int]:
     return ports
 
 
-def broker_pids() -> list[int]:
-    """RabbitMQ's Erlang VM (beam.smp) on this machine, to charge it its CPU time."""
+def broker_pids(url: str = BROKER_URL) -> list[int]:
+    """RabbitMQ's Erlang VM (beam.smp) on this machine, to charge it its CPU time.
+
+    The one listening on the port of `url` when it can be told (the machine
+    may run other RabbitMQ nodes, e.g. other users' isolated ones, which come
+    and go); else every Erlang VM.
+    """
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -156,7 +162,34 @@ def broker_pids() -> list[int]:
                         found.append(int(entry))
             except OSError:
                 continue
-    return found
+    serving = [pid for pid in found if _listens_on(pid, urlsplit(url).port or 5672)]
+    return serving or found
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (from /proc)."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                listening.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in listening:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class CpuMeter:
@@ -166,14 +199,20 @@ class CpuMeter:
     bound by CPU (both cores busy) or by waiting (round trips, prefetch).
     """
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, consumers: bool = False, broker_url: str = BROKER_URL) -> None:
         self.root = root
-        self.broker = broker_pids()
+        self.broker = broker_pids(broker_url)
         self.marks: list[tuple[float, int, float, float]] = []  # (time, jobs, tree s, broker s)
+        # With `consumers` (a roger node under `root`), the CPU of its consumer
+        # processes alone too: a figure far less noisy than the whole tree's.
+        self.consumers = consumers
+        self.consumer_marks: list[float] = []
 
     def mark(self, jobs: int) -> None:
         self.marks.append((time.monotonic(), jobs, cpu_seconds(list(tree(self.root))),
                            cpu_seconds(self.broker)))
+        if self.consumers:
+            self.consumer_marks.append(cpu_seconds(roger_consumers(self.root)))
 
     def between(self) -> dict[str, float]:
         """Per job CPU (µs) of the system and of the broker between the first and last mark,
@@ -182,8 +221,23 @@ class CpuMeter:
             return {}
         (t0, j0, s0, b0), (t1, j1, s1, b1) = self.marks[0], self.marks[-1]
         jobs, cores = j1 - j0, len(os.sched_getaffinity(0))
-        return {"cpu_sut": (s1 - s0) / jobs * 1e6, "cpu_broker": (b1 - b0) / jobs * 1e6,
-                "busy": (s1 - s0 + b1 - b0) / ((t1 - t0) * cores) * 100}
+        out = {"cpu_sut": (s1 - s0) / jobs * 1e6, "cpu_broker": (b1 - b0) / jobs * 1e6,
+               "busy": (s1 - s0 + b1 - b0) / ((t1 - t0) * cores) * 100}
+        if len(self.consumer_marks) >= 2:
+            out["cpu_consumer"] = (self.consumer_marks[-1] - self.consumer_marks[0]) / jobs * 1e6
+        return out
+
+
+def roger_consumers(runner: int) -> list[int]:
+    """The consumer processes of the roger node that `runner` started (`Node.start()`).
+
+    runner (0) > root supervisor (1) > partition supervisors and node services
+    (2) > coordinators and consumers (3) > workers (4): consumers are the
+    processes at depth 3 with children.
+    """
+    children, _ = _scan()
+    depth = levels(runner)
+    return [pid for pid, d in depth.items() if d == 3 and children.get(pid)]
 
 
 def _kill(pids: dict[int, int], sig: int) -> None:

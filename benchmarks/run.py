@@ -28,7 +28,7 @@ from benchmarks import baseline, rabbit, sysinfo  # noqa: E402
 from benchmarks.common import HERE, BenchError, Config  # noqa: E402
 from benchmarks.report import Section, progress  # noqa: E402
 
-BENCHMARKS = ("throughput", "enqueue", "latency", "scale")
+BENCHMARKS = ("throughput", "enqueue", "latency", "scale", "metrics")
 PROFILE_NOTES = HERE / "PROFILE.md"  # findings, kept by hand from `python -m benchmarks profile`
 # The ledger run's section (`python -m benchmarks.chaos`), kept apart: a full
 # run rewrites RESULTS.md and must carry it over.

@@ -77,7 +77,8 @@ def measure(system: System, n: int, workdir: str) -> dict[str, float]:
             info = system.wait_ready()
             metrics["node_start"] = info["ready"] - info["start"]
         tally = Tally(out)
-        meter = procs.CpuMeter(proc.pid)
+        meter = procs.CpuMeter(proc.pid, consumers=isinstance(system, RogerSystem),
+                               broker_url=system.url)
 
         def on_count(count: int) -> None:
             # CPU over the steady window only: start-up costs are not per job.

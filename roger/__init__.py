@@ -8,7 +8,7 @@ ones, and never in a cycle (`tests/roger/test_layers.py` checks both):
    process-wide default settings), `roger.record` (a job's data),
    `roger.registry`, `roger.message` (the JSON wire codec),
    `roger.callbacks`, `roger.control` (the control socket's protocol and
-   its `Client`).
+   its `Client`), `roger.metrics` (what consumers count for Prometheus).
 2. **amqp**: `roger.amqp`, talking to RabbitMQ: connections, queue and
    exchange names and declarations, confirmed publishing, RPC, frame I/O
    and the one service loop the node's AMQP processes run on.
@@ -16,7 +16,8 @@ ones, and never in a cycle (`tests/roger/test_layers.py` checks both):
    supervisor, its coordinator and the coordinator's clients, the
    consumers, their worker pools and the workers.
 4. **node**: `roger.node`, a node's own processes: the root supervisor
-   (and `Node`, its handle), the control server, the system process.
+   (and `Node`, its handle), the control server, the system process, the
+   metrics server.
 5. **api**: `roger.job`, `roger.producer`, `roger.info`, `roger.admin`,
    `roger.testing` (jobs run inline or captured, no broker), its pytest
    fixtures `roger.pytest_plugin`, and this module.

@@ -212,6 +212,15 @@ class Settings(BaseSettings):
     confirm_timeout: float = Field(
         10.0, gt=0, description="Seconds to wait for RabbitMQ to confirm a publish."
     )
+    # Metrics (SPEC section 8): off unless a port is given.
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Serve Prometheus metrics at http://<metrics_host>:<port>/metrics; "
+                    "None (the default) serves nothing.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="The address the metrics server binds."
+    )
 
     http_port: int | None = Field(
         None, ge=1, le=65535,

@@ -92,6 +92,9 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
                    help="serve the status page on this port (actions need http_token)")
     g.add_argument("--http-host", metavar="ADDRESS",
                    help="address of the status page (default 127.0.0.1)")
+    g.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics at http://<metrics-host>:PORT/metrics")
+    g.add_argument("--metrics-host", metavar="ADDRESS", help="default 127.0.0.1")
 
 
 def load_settings(args: argparse.Namespace) -> Any:

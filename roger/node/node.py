@@ -15,11 +15,11 @@ from multiprocess.connection import wait
 
 from roger import control, registry
 from roger.amqp import connection
+from roger.node import metrics_server, web
 from roger.node import root as root_requests
 from roger.node.control_server import control_spec
 from roger.node.root import CALL_TIMEOUT, Root
 from roger.node.system import system_spec
-from roger.node.web import check_port, web_spec
 from roger.settings import Settings
 from supervision import Supervisor, SupervisorAPI, SupervisorHandle
 
@@ -94,13 +94,27 @@ class Node:
         # A live node on our control socket (or a path too long for one)
         # fails here, in the caller, with a clear ControlError.
         control.claim_socket_path(self.settings.control_socket)
-        check_port(self.settings)  # the status page's port, when it has one
+        web.check_port(self.settings)  # the status page's port, when it has one
         # The control server is the first child: the socket is there before
         # any partition starts, and a partition waiting for the broker never
         # keeps the operator out.
-        web = web_spec(self.settings)
-        return Root(self.settings, (control_spec(self.settings), system_spec(self.settings),
-                                    *([web] if web is not None else [])))
+        children = [control_spec(self.settings), system_spec(self.settings)]
+        if self._serves_metrics():
+            metrics_server.check_port(self.settings)  # a taken port fails here, clearly
+            children.append(metrics_server.metrics_spec(self.settings))
+        page = web.web_spec(self.settings)
+        if page is not None:
+            children.append(page)
+        return Root(self.settings, tuple(children))
+
+    def _serves_metrics(self) -> bool:
+        """Whether the node runs its own metrics server (on `metrics_port`).
+
+        Not when the status page's port is the same: that server mounts
+        ``/metrics`` itself (`roger.node.exposition`).
+        """
+        port = self.settings.metrics_port
+        return port is not None and port != self.settings.http_port
 
     def run(self) -> None:
         """Serve in this process until SIGTERM/SIGINT (or `stop()` from another thread)."""

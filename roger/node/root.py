@@ -24,7 +24,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from roger.metrics import QueueReport
 from roger.node.idle import IdleQueues
+from roger.node.metrics_store import MetricsSnapshot, MetricsStore
 from roger.node.watcher import Wake
 from roger.partition import supervisor as partition_supervisor
 from roger.partition.supervisor import QueueIdle, run_partition, start_timeout
@@ -127,6 +129,8 @@ class Root:
         # What children report (queues falling idle, messages waking them),
         # handled from the loop's timers: never inside another call.
         self.reports: deque[QueueIdle | Wake] = deque()
+        # The node's metric totals (see `roger.metrics`), when it serves them.
+        self.metrics = MetricsStore() if settings.metrics_port is not None else None
         watcher = self.idle.spec()
         self.sup = Supervisor(
             (*children, *([watcher] if watcher else [])),
@@ -204,6 +208,12 @@ class Root:
         return any(c.id == name and c.state == "running" for c in self.sup.which_children())
 
     def _on_event(self, event: Event) -> None:
+        if self.metrics is not None:
+            if event.kind == "message" and isinstance(event.payload, QueueReport):
+                self.metrics.fold(event.payload)
+                return
+            if event.kind in ("exited", "terminated"):  # stopped ones too: not in partitions
+                self.metrics.partition_gone(event.child_id)
         if event.kind == "message" and isinstance(event.payload, (QueueIdle, Wake)):
             self.reports.append(event.payload)
             self.sup.call_later(0, self._handle_reports)
@@ -272,6 +282,9 @@ class Root:
                 return self.restart_partition(name)
             case NodeStatus():
                 return self.status()
+            case MetricsSnapshot() if self.metrics is not None:
+                return self.metrics.snapshot(self.settings.node_name, self.partitions,
+                                             set(self.waiting))
         raise ValueError(f"unknown node request {payload!r}")
 
     def start_partition(self, name: str, queues: dict[str, int]) -> dict:

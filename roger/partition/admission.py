@@ -132,9 +132,9 @@ class Admission:
                 or any(d.job.id == job_id for d in self.backlog)
                 or any(d.job.id == job_id for d in self.coordinator.pending.values()))
 
-    def _cancelled(self, delivery: Delivery) -> None:
+    def _cancelled(self, delivery: Delivery, ran_for: float | None = None) -> None:
         self.acquired.discard(delivery.job.id)
-        self.settlement.cancelled(delivery.tag, delivery.job)
+        self.settlement.cancelled(delivery.tag, delivery.job, ran_for)
 
     # -------------------------------------------------------------- every turn
 
@@ -185,12 +185,13 @@ class Admission:
         if entry is None:
             return
         holds = self._release_hold(entry.job)
+        ran_for = time.monotonic() - entry.started
         if error is None:
             log.debug("[%s] job %s done", self.label, entry.job.id)
-            self.settlement.settle(tag, entry.job, "done", holds_exec_key=holds)
+            self.settlement.settle(tag, entry.job, "done", holds_exec_key=holds, ran_for=ran_for)
         else:
             self.settlement.settle(tag, entry.job, error["disposition"], error["error"],
-                                   holds_exec_key=holds)
+                                   holds_exec_key=holds, ran_for=ran_for)
 
     def lost(self, tag: int, exitcode: int | None, closing: bool) -> None:
         """The worker running `tag` died or was killed."""
@@ -200,12 +201,13 @@ class Admission:
         if closing:  # the consumer is stopping: the job goes back to the queue
             self.settlement.requeue(tag)
             return
+        ran_for = time.monotonic() - entry.started
         if entry.kill_reason == "cancelled":
-            self._cancelled(Delivery(tag, False, b"", entry.job, {}))
+            self._cancelled(Delivery(tag, False, b"", entry.job, {}), ran_for)
             return
         outcome = "timeout" if entry.kill_reason == "timeout" else "crashed"
         self.settlement.lost(tag, entry.job, outcome, exitcode, self._release_hold(entry.job),
-                             time.monotonic() - entry.started)
+                             ran_for)
 
     def _release_hold(self, job: Record) -> bool:
         if job.id in self.acquired:

@@ -44,12 +44,13 @@ from roger.amqp import topology
 from roger.amqp.service import Service
 from roger.callbacks import Callbacks
 from roger.errors import BadMessage
+from roger.metrics import Tally
 from roger.partition.admission import Admission, Delivery
 from roger.partition.coordinator_link import CoordinatorLink
 from roger.partition.pool import WorkerPool
 from roger.partition.settlement import Settlement
 from roger.settings import Settings
-from supervision import SupervisorAPI
+from supervision import SupervisorAPI, SupervisorGone
 
 __all__ = ["Consumer", "ConsumerStatus", "Drain", "SetWorkers", "run_consumer"]
 
@@ -114,6 +115,7 @@ class Consumer(Service):
         self.settlement: Settlement
         self.admission: Admission
         self.pool: WorkerPool | None = None
+        self.tally: Tally | None = None  # with metrics on: counts sent up the tree
 
     def __repr__(self) -> str:
         state = ("closing" if self.closing else "draining" if self.draining
@@ -142,6 +144,8 @@ class Consumer(Service):
                                inherited=lambda: [self.sock, self.wakeup.reader,
                                                   self.wakeup.writer])
         self.admission = Admission(self.label, self.pool, self.coordinator, self.settlement)
+        if self.settings.metrics_port is not None:
+            self.tally = self.settlement.tally = Tally(self.partition, self.queue)
         self.pool.open()
         self._subscribe()
         log.info("[%s] consuming %s with %d workers", self.label, self.qname, self.workers)
@@ -160,6 +164,8 @@ class Consumer(Service):
                 pass
             self.admission.requeue_running()
             self.admission.requeue_backlog()
+        if self.tally is not None:
+            self._report(final=True)  # the last counts, and gauges back to zero
         super().close()
 
     # ------------------------------------------------------------ loop hooks
@@ -176,15 +182,50 @@ class Consumer(Service):
             self.last_active = time.monotonic()
         elif self._idle_for() >= self.settings.idle_after > 0 and not self.draining:
             self._go_idle()
+        if self.tally is not None:
+            self._report()
 
     def timeout(self) -> float:
         now = time.monotonic()
         timeout = self.admission.next_deadline(now)
+        tally = self.tally
+        # Counts waiting (the common case while busy) spare the gauges' computing.
+        if tally is not None and (tally.jobs or tally.pending(self._gauges())):
+            timeout = min(timeout, tally.next_report - now)
         if self.draining:
             timeout = min(timeout, self.drain_deadline - now)
         if self.settings.idle_after > 0:
             timeout = min(timeout, self.settings.idle_after - self._idle_for())
         return timeout
+
+    # ------------------------------------------------------------------ metrics
+
+    def _gauges(self) -> tuple[int, int, int]:
+        """Jobs running, live worker processes, deliveries held unacked."""
+        assert self.pool is not None
+        return (len(self.admission.inflight), len(self.pool.slots),
+                len(self.settlement.acks.outstanding))
+
+    def _report(self, final: bool = False) -> None:
+        """Send the counts since the last report up the tree, when due (see `roger.metrics`).
+
+        At most every `REPORT_EVERY` seconds, and only when there is news; the
+        `final` one, as the consumer exits, also zeroes its gauges.
+        """
+        tally = self.tally
+        assert tally is not None
+        now = time.monotonic()
+        if now < tally.next_report and not final:
+            return  # most turns of a busy consumer end here
+        gauges = (0, 0, 0) if final else self._gauges()
+        if not tally.pending(gauges):
+            return
+        report = tally.take(gauges, now)
+        if self.parent is not None:
+            try:
+                self.parent.event(report)
+            except SupervisorGone:
+                pass  # the partition is going: so are its counts since the last report
 
     def _busy(self) -> bool:
         admission = self.admission

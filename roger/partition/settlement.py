@@ -34,6 +34,7 @@ from roger.amqp.frames import AckBatcher
 from roger.amqp.publish import Outgoing, Unroutable
 from roger.callbacks import Callbacks
 from roger.errors import BadMessage, JobTimeout, WorkerCrashed
+from roger.metrics import Tally, outcome_of
 from roger.partition.coordinator_link import CoordinatorLink
 from roger.partition.policy import Outcome, decide, fire, next_delay
 from roger.record import Record
@@ -75,6 +76,7 @@ class Settlement:
         self.callbacks = callbacks
         self.acks = AckBatcher()
         self.settled = 0
+        self.tally: Tally | None = None  # counts settlements when metrics are on
 
     def __repr__(self) -> str:
         return (f"<Settlement {self.label}: {self.settled} settled, "
@@ -85,8 +87,13 @@ class Settlement:
         self.acks.delivered(tag)
 
     def settle(self, tag: int, job: Record, disposition: str, error_text: str | None = None,
-               reason: str = "error", holds_exec_key: bool = False) -> None:
-        """Settle delivery `tag` per `disposition` (see `roger.partition.policy`)."""
+               reason: str = "error", holds_exec_key: bool = False, *,
+               ran_for: float | None = None, killed: str | None = None) -> None:
+        """Settle delivery `tag` per `disposition` (see `roger.partition.policy`).
+
+        `ran_for` is how long the job ran (None: it never started); `killed`
+        is "timeout" or "crashed" when its worker was killed or died.
+        """
         if disposition == "retry":
             publish_retry(self.settle_channel, self.settings, job, error_text or "")
         elif disposition == "bury":
@@ -99,6 +106,8 @@ class Settlement:
             self.coordinator.release_exec(job)
         self.acks.settled(tag)
         self.settled += 1
+        if self.tally is not None:
+            self.tally.count(job.name, outcome_of(disposition, killed), ran_for)
 
     def lost(self, tag: int, job: Record, outcome: Outcome, exitcode: int | None,
              holds_exec_key: bool, ran_for: float) -> None:
@@ -119,16 +128,18 @@ class Settlement:
         log.error("[%s] job %s (%s) failed: %s", self.label, job.id, job.name, text)
         decision = decide(job, outcome, self.settings.retry_levels)
         fire(self.callbacks, decision, self.partition, job, error=error, traceback=line)
-        self.settle(tag, job, decision.disposition, text, decision.reason, holds_exec_key)
+        self.settle(tag, job, decision.disposition, text, decision.reason, holds_exec_key,
+                    ran_for=ran_for, killed=outcome)
 
-    def cancelled(self, tag: int, job: Record) -> None:
-        """Settle a cancelled job (skipped when dequeued, or its worker killed)."""
+    def cancelled(self, tag: int, job: Record, ran_for: float | None = None) -> None:
+        """Settle a cancelled job (skipped when dequeued, or killed after `ran_for` s)."""
         log.info("[%s] job %s (%s) cancelled", self.label, job.id, job.name)
         fire(self.callbacks, decide(job, "cancelled", self.settings.retry_levels),
              self.partition, job)
         # A cancelled job may hold its execution key without having run: the
         # coordinator handed it over when the job left the waiting queue.
-        self.settle(tag, job, "cancelled", holds_exec_key=job.execution_key is not None)
+        self.settle(tag, job, "cancelled", holds_exec_key=job.execution_key is not None,
+                    ran_for=ran_for)
 
     def reject(self, tag: int, body: bytes, props: dict, error: BadMessage) -> None:
         """Move a message that is not a valid job aside, with its reason, and ack it."""
@@ -140,6 +151,10 @@ class Settlement:
                          message_id=props.get("message_id"))
         self._release_key_of(body, error.reason)
         self.acks.settled(tag)
+        if self.tally is not None:
+            # Not a job: no job name (an unknown one would be a label an
+            # outsider chooses, without bound).
+            self.tally.count("", "rejected")
 
     def _release_key_of(self, body: bytes, reason: str) -> None:
         """Free the queue key a rejected message was enqueued with, when its body says."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import supervision
+from roger.metrics import QueueReport
 from roger.partition import consumer, coordinator
 from roger.partition.consumer import run_consumer
 from roger.partition.coordinator import run_coordinator
@@ -155,10 +156,25 @@ class PartitionSupervisor:
         raise ValueError(f"partition {self.name}: unknown request {payload!r}")
 
     def _on_event(self, event: Event) -> None:
+        if event.kind == "message" and isinstance(event.payload, QueueReport):
+            self._up(event.payload)  # a consumer's counts, for the root's totals
+            return
+        if (event.kind in ("exited", "terminated") and event.child_id in self.queues
+                and self.settings.metrics_port is not None):
+            # Its gauges go to zero even if it died without its last report.
+            self._up(QueueReport(self.name, event.child_id))
         if (event.kind == "exited" and event.exitcode == 0 and event.child_id in self.queues
                 and not self.sup.stopping):
             self.idle.add(event.child_id)
             supervision.parent().event(QueueIdle(self.name, event.child_id))
+
+    @staticmethod
+    def _up(payload: Any) -> None:
+        if supervision.is_supervised():
+            try:
+                supervision.parent().event(payload)
+            except SupervisorGone:
+                pass  # the node is going: nobody reads the counts any more
 
     def wake(self, queue: str) -> None:
         """Start an idle queue's consumer (its spec is kept while it is idle)."""
