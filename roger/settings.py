@@ -235,6 +235,11 @@ class Settings(BaseSettings):
                     "None: the page is read-only.",
     )
 
+    @property
+    def counts_jobs(self) -> bool:
+        """Whether consumers count settlements up the tree: for the metrics or the page's rates."""
+        return self.metrics_port is not None or self.http_port is not None
+
     def __init__(self, _config_file: str | os.PathLike[str] | None = None, **values: Any):
         path = _config_file if _config_file is not None else os.environ.get("ROGER_CONFIG")
         if path is not None:

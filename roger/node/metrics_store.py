@@ -82,6 +82,21 @@ class MetricsStore:
             if key[0] == partition:
                 self.gauges[key] = (0, 0, 0)
 
+    def totals(self, partition: str, queue: str) -> dict[str, int]:
+        """A queue's settlements so far: ``{"done": n, "failed": attempts that did not succeed}``.
+
+        Failed counts every attempt that ended in error: retried, failed,
+        buried, timed out, crashed or rejected (a cancelled job is neither).
+        """
+        done = failed = 0
+        for (p, q, _, outcome), count in self.jobs.items():
+            if p == partition and q == queue:
+                if outcome == "done":
+                    done += count
+                elif outcome != "cancelled":
+                    failed += count
+        return {"done": done, "failed": failed}
+
     def snapshot(self, node: str, partitions: dict[str, dict[str, int]],
                  waiting: set[str]) -> Snapshot:
         return Snapshot(node, dict(self.jobs), copy.deepcopy(self.durations), dict(self.gauges),

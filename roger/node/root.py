@@ -130,7 +130,7 @@ class Root:
         # handled from the loop's timers: never inside another call.
         self.reports: deque[QueueIdle | Wake] = deque()
         # The node's metric totals (see `roger.metrics`), when it serves them.
-        self.metrics = MetricsStore() if settings.metrics_port is not None else None
+        self.metrics = MetricsStore() if settings.counts_jobs else None
         watcher = self.idle.spec()
         self.sup = Supervisor(
             (*children, *([watcher] if watcher else [])),
@@ -348,6 +348,11 @@ class Root:
         for name in sorted(self.idle.dormant):
             running[name] = {"pid": None, "restarts": self.restarts.get(name, 0)}
             self.idle.fill(name, running[name], view)
+        if self.metrics is not None:
+            for name, entry in running.items():
+                for queue, info in (entry.get("queues") or {}).items():
+                    if isinstance(info, dict):
+                        info["jobs"] = self.metrics.totals(name, queue)
         return {
             "node": self.settings.node_name,
             "pid": os.getpid(),

@@ -144,7 +144,7 @@ class Consumer(Service):
                                inherited=lambda: [self.sock, self.wakeup.reader,
                                                   self.wakeup.writer])
         self.admission = Admission(self.label, self.pool, self.coordinator, self.settlement)
-        if self.settings.metrics_port is not None:
+        if self.settings.counts_jobs:
             self.tally = self.settlement.tally = Tally(self.partition, self.queue)
         self.pool.open()
         self._subscribe()

@@ -160,7 +160,7 @@ class PartitionSupervisor:
             self._up(event.payload)  # a consumer's counts, for the root's totals
             return
         if (event.kind in ("exited", "terminated") and event.child_id in self.queues
-                and self.settings.metrics_port is not None):
+                and self.settings.counts_jobs):
             # Its gauges go to zero even if it died without its last report.
             self._up(QueueReport(self.name, event.child_id))
         if (event.kind == "exited" and event.exitcode == 0 and event.child_id in self.queues

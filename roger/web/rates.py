@@ -35,18 +35,33 @@ Counters = dict[tuple[str, str, str, str], int]
 def job_counters(nodes: Mapping[str, dict], depths: Mapping[tuple[str, str], dict]) -> Counters:
     """Cumulative done and failed counts, from `roger.info.nodes()` and the queues' depths.
 
-    The hook: returns ``{(node, partition, queue, "done" | "failed"): count}``.
-    `depths` maps ``(partition, queue)`` to `roger.info.queue_depths`.
+    Returns ``{(node, partition, queue, "done" | "failed"): count}``. A node
+    that serves the page or metrics counts settlements in its root (the
+    metrics' totals, which survive idle queues and crashed consumers): its
+    status gives each queue ``"jobs": {"done", "failed"}``, failed meaning
+    every attempt that ended in error. For a node that does not, done is
+    what its live consumers settled, and failed the growth of the buried
+    and rejected queues. `depths` maps ``(partition, queue)`` to
+    `roger.info.queue_depths`.
     """
     out: Counters = {}
+    counted: set[tuple[str, str]] = set()
     for node, status in nodes.items():
         for partition, entry in (status.get("running") or {}).items():
             for queue, info in (entry.get("queues") or {}).items():
-                if isinstance(info, dict) and isinstance(info.get("settled"), int):
+                if not isinstance(info, dict):
+                    continue
+                jobs = info.get("jobs")
+                if isinstance(jobs, dict):
+                    out[(node, partition, queue, "done")] = jobs.get("done", 0)
+                    out[(node, partition, queue, "failed")] = jobs.get("failed", 0)
+                    counted.add((partition, queue))
+                elif isinstance(info.get("settled"), int):
                     out[(node, partition, queue, "done")] = info["settled"]
     for (partition, queue), depth in depths.items():
-        failed = (depth.get("buried") or 0) + (depth.get("rejected") or 0)
-        out[("", partition, queue, "failed")] = failed
+        if (partition, queue) not in counted:
+            failed = (depth.get("buried") or 0) + (depth.get("rejected") or 0)
+            out[("", partition, queue, "failed")] = failed
     return out
 
 

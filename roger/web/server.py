@@ -253,12 +253,17 @@ def serve(settings: Settings) -> None:
 def mounts(settings: Settings) -> Mounts:
     """Other read-only pages this server serves beside the status page.
 
-    None yet. The hook for SPEC's "may share the metrics server": when
-    ``metrics_port == http_port``, mount the Prometheus exposition here,
-    ``{"/metrics": lambda: (exposition bytes, its content type)}``, and have
-    the node start only this server.
+    ``/metrics`` when ``metrics_port == http_port`` (SPEC: the page "may
+    share the metrics server"): the node then starts no metrics server of
+    its own, and this one renders the same exposition.
     """
-    return {}
+    if settings.metrics_port is None or settings.metrics_port != settings.http_port:
+        return {}
+    # Here only: the page alone has no use for prometheus_client.
+    from roger.node.exposition import CONTENT_TYPE, Exposition
+
+    exposition = Exposition(settings)
+    return {"/metrics": lambda: (exposition.render(), CONTENT_TYPE)}
 
 
 def _bind(settings: Settings, routes: Routes) -> WebServer | None:

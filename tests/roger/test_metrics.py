@@ -27,6 +27,7 @@ from roger.node.metrics_server import MAX_CONNECTIONS
 from roger.node.metrics_store import Snapshot
 from tests.helpers import ROOT, wait_for
 from tests.roger.support import BROKER, delete_queues
+from tests.roger.websupport import queue_of
 
 DASHBOARD = ROOT / "docs" / "grafana-roger.json"
 
@@ -399,3 +400,30 @@ def test_the_exposition_mounts_in_another_http_server(make_settings, partition):
                  job="myapp:Job", outcome="done") == 7
     assert value(samples, "roger_queue_messages", partition=partition, queue="default",
                  state="ready") == 0
+
+
+def test_the_status_page_serves_metrics_on_its_port_and_rates_from_the_same_counters(
+        web_settings, partition, out):
+    # metrics_port == http_port: one server, the page's, serves /metrics; the
+    # page's done and failed rates come from the counters it exposes (a job
+    # that fails without retry is neither buried nor rejected: only a counter
+    # sees it).
+    port = free_port()
+    settings = web_settings(partitions={partition: {"default": 2}}, http_port=port,
+                            metrics_port=port)
+    with Node(settings):
+        assert get(port, "/api/state")[0] == 200  # the first sample of the rate window
+        jobs = [testjobs.Record.create({"out": out}) for _ in range(3)]
+        jobs.append(testjobs.Raise.create({"raise": "ValueError"}))
+        roger.enqueue_many(jobs, partition)
+        counts = wait_for(lambda: (c := jobs_total(scrape(port), partition))
+                          and c.get(("testjobs:Record", "done")) == 3
+                          and c.get(("testjobs:Raise", "failed")) == 1 and c,
+                          what="3 done and 1 failed in /metrics")
+        assert sum(counts.values()) == 4
+
+        def rates() -> dict | None:
+            q = queue_of(json.loads(get(port, "/api/state")[1]), partition)
+            return q if q and q["done_per_second"] and q["failed_per_second"] else None
+        queue = wait_for(rates, timeout=30, what="done and failed rates on the page")
+        assert queue["done_per_second"] > 0 and queue["failed_per_second"] > 0
