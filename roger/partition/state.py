@@ -26,11 +26,15 @@ class State:
     cancelled: dict[str, float] = field(default_factory=dict)  # job id -> forget after
     paused: set[str] = field(default_factory=set)
     claimed_at: dict[str, float] = field(default_factory=dict)  # queue key -> when (epoch s)
+    # periodic entry name -> {"covered": epoch s, "last": epoch s or None}
+    # (see roger.partition.periodic)
+    periodic: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"queue_keys": self.queue_keys, "exec_holders": self.exec_holders,
                 "exec_waiting": self.exec_waiting, "cancelled": self.cancelled,
-                "paused": sorted(self.paused), "claimed_at": self.claimed_at}
+                "paused": sorted(self.paused), "claimed_at": self.claimed_at,
+                "periodic": self.periodic}
 
     @classmethod
     def from_dict(cls, data: dict | None, now: float) -> State:
@@ -45,7 +49,8 @@ class State:
         return cls(queue_keys, dict(data.get("exec_holders", {})),
                    dict(data.get("exec_waiting", {})), dict(data.get("cancelled", {})),
                    set(data.get("paused", [])),
-                   {key: float(claimed_at.get(key, now)) for key in queue_keys})
+                   {key: float(claimed_at.get(key, now)) for key in queue_keys},
+                   {name: dict(record) for name, record in data.get("periodic", {}).items()})
 
     # ---- queue keys
 

@@ -14,7 +14,8 @@ from tests.helpers import ROOT
 # Lowest first; the first prefix that matches a module names its layer.
 LAYERS = [
     ("base", ("roger.errors", "roger.settings", "roger.config", "roger.record",
-              "roger.registry", "roger.message", "roger.callbacks", "roger.control")),
+              "roger.registry", "roger.message", "roger.callbacks", "roger.control",
+              "roger.cron")),
     ("amqp", ("roger.amqp",)),
     ("partition", ("roger.partition",)),
     ("node", ("roger.node",)),
