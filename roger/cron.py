@@ -123,11 +123,17 @@ class Cron:
             elif not self.matches_day(t.date()):
                 t = datetime(t.year, t.month, t.day) + timedelta(days=1)
             elif t.hour not in self.hours:
-                t = t.replace(minute=0, second=0) + timedelta(hours=1)
+                hour = _next_value(self.hours, t.hour)
+                t = (t.replace(hour=hour, minute=0, second=0) if hour is not None
+                     else datetime(t.year, t.month, t.day) + timedelta(days=1))
             elif t.minute not in self.minutes:
-                t = t.replace(second=0) + timedelta(minutes=1)
+                minute = _next_value(self.minutes, t.minute)
+                t = (t.replace(minute=minute, second=0) if minute is not None
+                     else t.replace(minute=0, second=0) + timedelta(hours=1))
             elif t.second not in self.seconds:
-                t += timedelta(seconds=1)
+                second = _next_value(self.seconds, t.second)
+                t = (t.replace(second=second) if second is not None
+                     else t.replace(second=0) + timedelta(minutes=1))
             else:
                 return t
         return None
@@ -172,6 +178,12 @@ class Cron:
         if self.hour_star:
             return [], False
         return [_jump(second, first, tz)], True
+
+
+def _next_value(allowed: frozenset[int], current: int) -> int | None:
+    """The smallest allowed value above `current`, or None (the next unit rolls over)."""
+    above = [v for v in allowed if v > current]
+    return min(above) if above else None
 
 
 def _is_repeated(wall: datetime, tz: tzinfo) -> bool:
