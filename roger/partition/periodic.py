@@ -38,7 +38,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from roger import registry
 from roger.cron import Cron, CronError
-from roger.errors import UnknownJob
+from roger.errors import RogerError, UnknownJob
+from roger.message import normalize_args
 from roger.settings import PeriodicEntry, Settings, check_queue_name
 
 __all__ = ["Entry", "InvalidPeriodic", "Schedule", "check", "describe"]
@@ -50,7 +51,7 @@ log = logging.getLogger("roger.periodic")
 MAX_MISSED_COUNTED = 10_000
 
 
-class InvalidPeriodic(ValueError):
+class InvalidPeriodic(RogerError, ValueError):
     """An entry of the `periodic` setting that cannot run; the message names it."""
 
 
@@ -95,11 +96,12 @@ def compile_entry(spec: PeriodicEntry, partitions: Collection[str] | None = None
     if partitions is not None and spec.partition not in partitions:
         raise InvalidPeriodic(f"{where}: unknown partition {spec.partition!r}: it is not in "
                               f"this node's `partitions` ({', '.join(sorted(partitions))})")
-    if spec.queue is not None:
-        try:
+    try:
+        if spec.queue is not None:
             check_queue_name(spec.queue)
-        except ValueError as e:
-            raise InvalidPeriodic(f"{where}: {e}") from None
+        normalize_args(spec.args)
+    except (TypeError, ValueError) as e:
+        raise InvalidPeriodic(f"{where}: {e}") from None
     return Entry(spec, cron, tz, job_class)
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import testjobs  # noqa: F401  (registers the job classes the entries name)
 
+import roger
 from roger.partition.periodic import InvalidPeriodic, Schedule, check, job_id
 from roger.settings import Settings
 
@@ -122,11 +123,13 @@ def test_a_periodic_job_id_names_its_entry_and_slot():
     ({"cron": "0 3 * * *", "partition": "elsewhere"}, "unknown partition 'elsewhere'"),
     ({"cron": "0 3 * * *", "timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
     ({"cron": "0 3 * * *", "queue": "no-dashes"}, "invalid queue name"),
+    ({"cron": "0 3 * * *", "args": {"at": {1, 2}}}, "args['at']"),
 ])
 def test_check_names_the_bad_entry(entry, says):
     with pytest.raises(InvalidPeriodic) as err:
         check(settings({"name": "nightly-report", **entry}))
     assert "periodic entry 'nightly-report'" in str(err.value) and says in str(err.value)
+    assert isinstance(err.value, roger.RogerError) and isinstance(err.value, ValueError)
 
 
 def test_check_refuses_a_name_used_twice():
