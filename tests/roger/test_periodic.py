@@ -177,3 +177,16 @@ def test_info_and_the_cli_list_entries_with_last_and_next_run(
     assert as_json.returncode == 0, as_json.stderr
     by_name = {e["name"]: e for e in json.loads(as_json.stdout)}
     assert by_name["nightly"]["next_run"] == listed["nightly"].next_run.isoformat()
+
+
+def test_a_slot_whose_queue_key_is_held_is_skipped(partition, make_settings, nodes, out):
+    # Each job holds the key "report" for 3 s; slots come every 2 s.
+    keyed = entry(partition, out) | {"job": "testjobs:Keyed",
+                                     "args": {"out": out, "qkey": "report", "sleep": 3}}
+    nodes(make_settings(partitions={partition: {"default": 2}}, periodic=[keyed]))
+    wait_for(lambda: len(fired(out)) >= 2, timeout=30, what="two keyed slots")
+    slots = fired(out)
+    assert all(b - a >= 2 * STEP for a, b in zip(slots, slots[1:], strict=False))  # skipped
+    runs = sorted((s["t"], e["t"]) for s in events(out, "start") for e in events(out, "end")
+                  if s["id"] == e["id"])
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(runs, runs[1:], strict=False))
