@@ -149,9 +149,9 @@ def _active_coordinator(nodes: list, partition: str) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for node in nodes:
-            coordinator = node.status()["running"].get(partition, {}).get("coordinator", {})
-            if coordinator.get("active"):
-                return coordinator["pid"]
+            running = node.status()["running"].get(partition, {})
+            if running.get("coordinator", {}).get("active"):
+                return running["coordinator_pid"]
         time.sleep(0.2)  # polled: the coordinators tell nobody when they become active
     raise RuntimeError("no coordinator knows it is active within 30 s")
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,7 +110,7 @@ class Coordinator(Service):
 
     def handle_call(self, payload: Any) -> Any:
         if isinstance(payload, CoordinatorStatus) and self.core is not None:
-            return {**self.core.status(), "pid": os.getpid()}
+            return self.core.status()
         return super().handle_call(payload)
 
     def timeout(self) -> float:
@@ -168,8 +167,7 @@ class CoordinatorCore:
 
     def status(self) -> dict:
         return {"active": self.active, "queue_keys": len(self.state.queue_keys),
-                "paused": sorted(self.state.paused),
-                "periodic": len(self.periodic.schedule.entries)}
+                "paused": sorted(self.state.paused)}
 
     def wake_in(self) -> float | None:
         """Seconds until this core needs a turn (its next periodic slot), or None."""

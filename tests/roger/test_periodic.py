@@ -63,9 +63,9 @@ def every_slot_once(out: str, at_least: int) -> list[int] | None:
 def active_coordinator(nodes: list[Node], partition: str) -> int | None:
     """The pid of the coordinator that knows it is the active one (None: none knows yet)."""
     for node in nodes:
-        coordinator = node.status()["running"].get(partition, {}).get("coordinator", {})
-        if coordinator.get("active"):
-            return coordinator["pid"]
+        running = node.status()["running"].get(partition, {})
+        if running.get("coordinator", {}).get("active"):
+            return running.get("coordinator_pid")
     return None
 
 
