@@ -171,11 +171,8 @@ class Schedule:
             slot = entry.next_after(covered)
             if slot is None or slot > now:
                 continue
-            latest, missed = slot, 1
-            while missed < MAX_MISSED_COUNTED and (
-                    (after := entry.next_after(latest)) is not None and after <= now):
-                latest, missed = after, missed + 1
-            due.append(Due(entry, latest, missed))
+            latest = latest_slot(entry, slot, now)
+            due.append(Due(entry, latest, count_slots(entry, slot, now)))
             state[entry.name] = {"covered": now, "last": latest}
             changed = True
         return due, changed
@@ -189,6 +186,35 @@ class Schedule:
             out.append({**entry.spec.model_dump(), "last_run": record.get("last"),
                         "next_run": entry.next_after(covered)})
         return out
+
+
+def latest_slot(entry: Entry, first: float, now: float) -> float:
+    """The last slot in [first, now] (`first` is a slot): looked for back from `now`.
+
+    A window behind `now` that doubles until it holds a slot, then forward:
+    a few steps, however many slots were missed (a per-second entry down
+    for a year is 31 million).
+    """
+    span = 1.0
+    while (start := max(now - span, first)) > first:
+        slot = entry.next_after(start - 1e-6)
+        if slot is not None and slot <= now:
+            break
+        span *= 2
+    else:
+        slot = first
+    while (nxt := entry.next_after(slot)) is not None and nxt <= now:
+        slot = nxt
+    return slot
+
+
+def count_slots(entry: Entry, first: float, now: float) -> int:
+    """How many slots lie in [first, now], counted up to `MAX_MISSED_COUNTED`."""
+    count, slot = 1, first
+    while count < MAX_MISSED_COUNTED and (
+            (slot := entry.next_after(slot)) is not None and slot <= now):
+        count += 1
+    return count
 
 
 def job_id(entry: Entry, slot: float) -> str:

@@ -19,7 +19,7 @@ import amqp
 from roger import message
 from roger.amqp import publish, topology
 from roger.errors import BrokerError
-from roger.partition.periodic import Due, Schedule, describe, job_id
+from roger.partition.periodic import MAX_MISSED_COUNTED, Due, Schedule, describe, job_id
 
 __all__ = ["PeriodicDriver"]
 
@@ -143,7 +143,8 @@ class PeriodicDriver:
             if job.queue_key is not None and self.core.state.release(job.queue_key, job.id):
                 self.core.save()
             return
-        extra = f" (stands for {due.missed} missed slots)" if due.missed > 1 else ""
+        extra = f" (stands for {due.missed}{'+' if due.missed >= MAX_MISSED_COUNTED else ''} "\
+                f"missed slots)" if due.missed > 1 else ""
         log.info("[%s/%s] periodic %r: slot %s enqueued as job %s%s", p, queue,
                  due.entry.name, describe(due.slot), job.id, extra)
 

@@ -141,3 +141,14 @@ def test_check_accepts_good_entries():
     entries = check(settings({"name": "a", "cron": "@daily", "timezone": "Europe/Amsterdam",
                               "queue": "reports", "args": {"x": 1}}))
     assert [e.name for e in entries] == ["a"]
+
+
+def test_a_per_second_entry_down_for_a_year_catches_up_once_at_once():
+    schedule = Schedule("app", settings({"name": "s", "cron": "* * * * * *"},
+                                        {"name": "d", "cron": "0 3 * * *"}))
+    state = {name: {"covered": epoch(2025, 1, 1), "last": None} for name in ("s", "d")}
+    due, _ = schedule.due(state, epoch(2026, 1, 1, 12) + 0.5)
+    by_name = {d.entry.name: d for d in due}
+    assert by_name["s"].slot == epoch(2026, 1, 1, 12) and by_name["s"].missed == 10_000
+    assert by_name["d"].slot == epoch(2026, 1, 1, 3)
+    assert by_name["d"].missed == 366  # every night from 2025-01-01 to 2026-01-01
