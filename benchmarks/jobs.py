@@ -41,6 +41,15 @@ class Keyed(roger.Job):
         record(args["out"], args["i"])
 
 
+class Delayed(roger.Job):
+    """Records how long after its intended due time (``args["due"]``) it started (delayed)."""
+
+    name = "bench:Delayed"
+
+    def perform(self, args: dict[str, Any]) -> None:
+        record(args["out"], args["i"], time.time() - args["due"])
+
+
 class Periodic(roger.Job):
     """A periodic entry's job: records its slot (from its id) and when it ran (periodic)."""
 

@@ -36,6 +36,7 @@ RELIABILITY_NOTES = HERE / "RELIABILITY.md"
 # The periodic goals' section (`python -m benchmarks periodic`, not part of all),
 # carried over the same way.
 PERIODIC_NOTES = HERE / "PERIODIC.md"
+DELAYED_NOTES = HERE / "DELAYED.md"  # `python -m benchmarks delayed`, carried over likewise
 PROFILE_OUT = HERE / "profile-latest.md"
 
 
@@ -46,8 +47,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
                         help=f"which to run: {', '.join(BENCHMARKS)} (default: all); or "
                              "`profile`: sample roger's processes with py-spy during "
-                             "throughput (not part of all); or `periodic`: the periodic jobs "
-                             "goals at full length, ~16 minutes (not part of all)")
+                             "throughput (not part of all); `delayed`: delay precision and "
+                             "RabbitMQ memory per delayed job (not part of all); `periodic`: the "
+                             "periodic jobs goals at full length, ~16 minutes (not part of all)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, one run of each system: a few minutes in all")
     parser.add_argument("--repeat", type=int, default=None,
@@ -63,7 +65,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.baseline is not None and "profile" in args.benchmarks:
         parser.error("--baseline does not apply to profile")
-    unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, "profile", "periodic")]
+    unknown = [b for b in args.benchmarks
+               if b not in (*BENCHMARKS, "profile", "delayed", "periodic")]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     return args
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return profile(args)
     if "periodic" in args.benchmarks:
         return periodic(args)
+    if "delayed" in args.benchmarks:  # minutes of waiting: never part of "all"
+        from benchmarks import delayed
+
+        return delayed.main(Config.make(args.quick, args.repeat))
     chosen = list(dict.fromkeys(args.benchmarks)) or list(BENCHMARKS)
     cfg = Config.make(args.quick, args.repeat)
     complete = not args.quick and chosen == list(BENCHMARKS) and args.baseline is None
@@ -177,7 +184,7 @@ def render(cfg: Config, header: list[str], sections: list[Section], elapsed: flo
         *header, f"- Load average at the end: {sysinfo.load()}", "",
     ]
     text = "\n".join(lines) + "\n" + "\n".join(s.markdown() for s in sections)
-    for notes in (PROFILE_NOTES, RELIABILITY_NOTES, PERIODIC_NOTES):
+    for notes in (PROFILE_NOTES, RELIABILITY_NOTES, DELAYED_NOTES, PERIODIC_NOTES):
         if notes.exists():
             text += "\n" + notes.read_text()
     return text

@@ -193,9 +193,24 @@ def partitions(*, settings: Settings | None = None, timeout: float = 1.0) -> dic
     """What every live node serves.
 
     ``{node: {"running": {partition: {queue: {"max_workers", "paused",
-    "message_count", "consumer_count"}}}, "waiting": {partition: {queue: max_workers}}}}``
+    "message_count", "consumer_count", "delayed"}}}, "waiting": {partition: {queue:
+    max_workers}}}}``. ``"delayed"`` counts the queue's delayed jobs that
+    are not due yet, cluster-wide (the same on every node, as
+    ``"message_count"``); cancelled ones count until they are due.
     """
-    return system.gather(settings or config.get_settings(), "partitions", timeout)
+    answers = system.gather(settings or config.get_settings(), "partitions", timeout)
+    # The active coordinator's node knows the delayed counts: give them to all.
+    delayed: dict[str, dict[str, int]] = {}
+    for view in answers.values():
+        for partition, queues in view.get("running", {}).items():
+            for queue, counts in queues.items():
+                if counts.get("delayed") is not None:
+                    delayed.setdefault(partition, {})[queue] = counts["delayed"]
+    for view in answers.values():
+        for partition, queues in view.get("running", {}).items():
+            for queue, counts in queues.items():
+                counts["delayed"] = delayed.get(partition, {}).get(queue, 0)
+    return answers
 
 
 def running_jobs(partition: str | None = None, *, settings: Settings | None = None,

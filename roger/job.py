@@ -7,8 +7,9 @@ the fields below. Inside `perform`, `self` is that record.
 
 Record fields: `id`, `args`, `queue_key`, `execution_key` (the values the
 hooks returned at `create`; on a record they hide the hook methods of the
-same name), `retry_count`, `queued_at`, `started_at` (ms since the epoch, or
-None), `max_execution_time`, `redelivered`, `partition` and `queue`.
+same name), `retry_count`, `queued_at`, `due_at` (a delayed job's due
+time), `started_at` (ms since the epoch, or None), `max_execution_time`,
+`redelivered`, `partition` and `queue`.
 
 The class namespace is kept for users: the machinery lives in other modules
 (`roger.message`, `roger.producer`), so a subclass may use any attribute name
@@ -108,7 +109,8 @@ class Job(Record):
                 )
         return _new_record(job_class, args, secrets.token_hex(16) if id is None else check_id(id))
 
-    def enqueue(self, partition: str, queue: str | None = None) -> Self:
+    def enqueue(self, partition: str, queue: str | None = None, *, delay: Any = None,
+                at: Any = None) -> Self:
         """Publish this job to `partition` and return once RabbitMQ confirmed it.
 
         `queue` defaults to ``self.queue_type(self.args)``. Raises
@@ -117,8 +119,16 @@ class Job(Record):
         `TypeError` when no worker could resolve the class's name (a class of a
         script run as ``__main__`` that cannot be imported: set `name`).
         Returns the record, now with `partition`, `queue` and `queued_at` set.
+
+        Delayed: `delay` is seconds (int or float >= 0) or a `timedelta`, `at`
+        a timezone-aware `datetime` or epoch seconds (in the past: runs now).
+        The job waits in RabbitMQ and runs no earlier than then, to the
+        second; `due_at` (ms since the epoch) says when. It holds its
+        `queue_key` while it waits and can be cancelled (`roger.cancel`).
+
+        >>> SendInvoice.create({"id": 7}).enqueue("myapp", delay=600)  # doctest: +SKIP
         """
-        producer.enqueue_many([self], partition, queue)
+        producer.enqueue_many([self], partition, queue, delay=delay, at=at)
         return self
 
     def queue_type(self, args: Any) -> str:

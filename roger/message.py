@@ -6,7 +6,9 @@ A message body is one JSON object::
      "queue_key": null, "execution_key": null, "retry_count": 0,
      "queued_at": 1700000000000, "max_execution_time": null}
 
-with content type ``application/json``. `started_at` is not on the wire: it
+plus ``"due_at": <ms since the epoch>`` on a delayed job (absent otherwise,
+so bodies of plain jobs are unchanged and older readers ignore it), with
+content type ``application/json``. `started_at` is not on the wire: it
 is set by the worker that runs the job. JSON only, never an object
 serialisation format: a message must not be able to run code in the
 process that reads it.
@@ -49,6 +51,8 @@ def encode(job: Record) -> bytes:
     wire = {"v": VERSION, "id": fields["id"], "name": job.name}
     for name in WIRE_FIELDS[1:]:
         wire[name] = fields[name]
+    if fields.get("due_at") is not None:
+        wire["due_at"] = fields["due_at"]
     try:
         return _encode_json(wire).encode()
     except (TypeError, ValueError):
@@ -100,6 +104,7 @@ def decode(
         retry_count = obj["retry_count"]
         queued_at = obj["queued_at"]
         max_execution_time = obj["max_execution_time"]
+        due_at = obj.get("due_at")
     except KeyError as exc:
         raise BadMessage("invalid_fields", f"missing field {exc.args[0]!r}") from None
     if type(version) is not int or version != VERSION:
@@ -116,6 +121,8 @@ def decode(
         _invalid("retry_count", retry_count, "an integer >= 0")
     if type(queued_at) is not int or queued_at < 0:
         _invalid("queued_at", queued_at, "an integer >= 0 (ms since the epoch)")
+    if due_at is not None and (type(due_at) is not int or due_at < 0):
+        _invalid("due_at", due_at, "an integer >= 0 (ms since the epoch) or absent")
     if max_execution_time is not None and (
         type(max_execution_time) not in (int, float) or not max_execution_time > 0
     ):
@@ -134,6 +141,7 @@ def decode(
         execution_key=execution_key,
         retry_count=retry_count,
         queued_at=queued_at,
+        due_at=due_at,
         max_execution_time=max_execution_time,
         redelivered=redelivered,
         partition=partition,

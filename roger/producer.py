@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from roger import config, message, registry
 from roger.amqp import broker, topology
+from roger.amqp import delay as levels
 from roger.amqp.publish import Outgoing, Unroutable
+from roger.due import delay_seconds, due_ms
 from roger.partition import coordination
 from roger.record import Record
 from roger.settings import Settings, check_partition_name, check_queue_name
@@ -25,6 +30,8 @@ def enqueue_many(
     partition: str,
     queue: str | None = None,
     *,
+    delay: Any = None,
+    at: Any = None,
     settings: Settings | None = None,
 ) -> list[Record]:
     """Publish `jobs` to `partition` with one publisher-confirm round trip.
@@ -36,10 +43,21 @@ def enqueue_many(
     safe for at-least-once processing (they keep their ids). A job whose
     class no worker could resolve (see `roger.registry.check_addressable`)
     raises `TypeError` before anything is published.
+
+    Delayed jobs: `delay` is seconds (int or float >= 0) or a `timedelta`;
+    `at` a timezone-aware `datetime` or epoch seconds (in the past: now).
+    The jobs wait in RabbitMQ (see `roger.amqp.delay`) and run no earlier
+    than their due time, to the second; each record's `due_at` (ms since
+    the epoch) says when. Their queue keys are held while they wait.
+    Bad values raise `TypeError` / `ValueError` before anything happens.
+
+    >>> roger.enqueue_many(jobs, "myapp", delay=timedelta(minutes=10))  # doctest: +SKIP
     """
     settings = settings or config.get_settings()
     jobs = list(jobs)
     check_partition_name(partition)
+    now = time.time()  # queued_at, and what `delay` counts from
+    due = due_ms(delay, at, now)
     targets: list[str] = []
     for job in jobs:
         if not isinstance(job, Record):
@@ -49,27 +67,34 @@ def enqueue_many(
         targets.append(check_queue_name(target))
     if not jobs:
         return jobs
+    if due is not None:
+        seconds = delay_seconds(due, time.time())
+        for target in dict.fromkeys(targets):  # a routing key too long says so now
+            levels.route(settings, max(seconds, 1), topology.queue_name(partition, target))
+    for job in jobs:
+        job.due_at = due
     if divert is not None:
         divert(settings, partition, jobs, targets)
         return jobs
 
     # Test-and-set with the partition's coordinator: one round trip per
     # batch, and none at all when no job has a queue_key.
-    coordination.claim_queue_keys(settings, partition, jobs)
+    coordination.claim_queue_keys(settings, partition, jobs, until=due)
     try:
-        _publish(settings, partition, jobs, targets)
+        _publish(settings, partition, jobs, targets, now, due)
     except BaseException:
         coordination.release_queue_keys(settings, partition, jobs)
         raise
     return jobs
 
 
-def encode_jobs(settings: Settings, jobs: list[Record]) -> list[bytes]:
-    """The message bodies of `jobs`, stamped with `queued_at` now.
+def encode_jobs(settings: Settings, jobs: list[Record], now: float | None = None
+                ) -> list[bytes]:
+    """The message bodies of `jobs`, stamped with `queued_at` `now` (epoch s, default now).
 
     Raises `ValueError` for a job whose body is over ``max_message_bytes``.
     """
-    now = int(time.time() * 1000)
+    now = int((time.time() if now is None else now) * 1000)
     bodies = []
     for job in jobs:
         job.queued_at = now
@@ -83,26 +108,53 @@ def encode_jobs(settings: Settings, jobs: list[Record]) -> list[bytes]:
     return bodies
 
 
-def _publish(settings: Settings, partition: str, jobs: list[Record], targets: list[str]) -> None:
-    items = [Outgoing(topology.queue_name(partition, target), body, message_id=job.id)
-             for job, target, body in zip(jobs, targets, encode_jobs(settings, jobs),
-                                          strict=True)]
-
+def _publish(settings: Settings, partition: str, jobs: list[Record], targets: list[str],
+             now: float, due: int | None) -> None:
+    bodies = encode_jobs(settings, jobs, now)
     producer = broker.get_broker(settings)
-    for target in dict.fromkeys(targets):
-        producer.declare(settings, partition, target)
+    delayed = due is not None and delay_seconds(due, time.time()) > 0
+    _declare(producer, settings, partition, targets, delayed)
+    # Counted after the declarations (the first ones take a while): the
+    # wait starts when RabbitMQ takes the message.
+    seconds = 0 if due is None else delay_seconds(due, time.time())
+    items = []
+    for job, target, body in zip(jobs, targets, bodies, strict=True):
+        name = topology.queue_name(partition, target)
+        if seconds:
+            exchange, key = levels.route(settings, seconds, name)
+            items.append(Outgoing(key, body, message_id=job.id, exchange=exchange))
+        else:
+            items.append(Outgoing(name, body, message_id=job.id))
+    if seconds:
+        assert due is not None
+        # The coordinator counts delayed jobs by due time (`info.partitions`)
+        # and keeps cancellations until the last is due: told in the same
+        # confirmed batch, so no extra round trip.
+        notice = {"op": "delayed", "due": due, "counts": Counter(targets)}
+        items.append(Outgoing(topology.global_queue_name(partition), json.dumps(notice).encode()))
+
     timeout = settings.confirm_timeout
     try:
         producer.publish_many(items, timeout=timeout)
     except Unroutable as exc:
         # A queue was deleted since this process declared it: declare again.
         producer.forget_declared()
-        for target in dict.fromkeys(targets):
-            producer.declare(settings, partition, target)
+        _declare(producer, settings, partition, targets, delayed)
         producer.publish_many([items[i] for i in exc.indices], timeout=timeout)
 
     for job, target in zip(jobs, targets, strict=True):
         job.partition = partition
         job.queue = target
+
+
+def _declare(producer: broker.Broker, settings: Settings, partition: str, targets: list[str],
+             delayed: bool) -> None:
+    for target in dict.fromkeys(targets):
+        producer.declare(settings, partition, target)
+        if delayed:
+            producer.declare_delayed(settings, topology.queue_name(partition, target))
+    if delayed:
+        producer.declare_once(("global", partition),
+                              lambda ch: topology.declare_global(ch, settings, partition))
 
 

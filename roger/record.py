@@ -25,7 +25,8 @@ __all__ = ["FIELDS", "MAX_EXECUTION_KEY_BYTES", "WIRE_FIELDS", "Record", "check_
 
 WIRE_FIELDS = ("id", "args", "queue_key", "execution_key", "retry_count", "queued_at",
                "max_execution_time")
-FIELDS = (*WIRE_FIELDS, "started_at", "redelivered", "partition", "queue")
+# `due_at` is on the wire too, but only on delayed jobs (see `roger.message`).
+FIELDS = (*WIRE_FIELDS, "due_at", "started_at", "redelivered", "partition", "queue")
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -86,6 +87,7 @@ class Record:
     args: Any
     retry_count: int
     queued_at: int | None
+    due_at: int | None
     started_at: int | None
     redelivered: bool
     partition: str | None

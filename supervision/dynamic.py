@@ -61,5 +61,9 @@ class DynamicSupervisor(Supervisor):
                                    args=self.spec.args + tuple(args))
         return super()._op_start_child(spec)
 
+    def _op_start_children(self, specs: list[ChildSpec]) -> dict[Any, str | None]:
+        raise InvalidSpec(f"{self.name}: a DynamicSupervisor starts children from its one "
+                          "spec: call start_child(*args)")
+
 
 __all__ = ["DynamicSupervisor"]

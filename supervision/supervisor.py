@@ -369,6 +369,37 @@ class Supervisor(SupervisorAPI):
             raise
         return spec.id
 
+    def _op_start_children(self, specs: list[ChildSpec]) -> dict[Any, str | None]:
+        """Spawn every child first, then wait for each: the starts overlap.
+
+        Each child still gets its own `start_timeout`. The answer maps each id
+        to None (started) or why it did not start; a failed child is dropped.
+        """
+        ids = [spec.id for spec in specs if isinstance(spec, ChildSpec)]
+        if len(ids) < len(specs):
+            raise SupervisionError(f"start_children needs ChildSpecs, got {specs!r}")
+        for child_id in ids:
+            if child_id in self._children or ids.count(child_id) > 1:
+                raise ChildExists(f"{self.name}: a child with id {child_id!r} exists")
+        spawned = []
+        for spec in specs:
+            child = self._children[spec.id] = _Child(spec)
+            proc, link = self._spawn(child)
+            # Listed at once, so the next spawn closes this child's pipe end:
+            # a sibling must never hold it open.
+            child.proc, child.link = proc, link
+            spawned.append((child, proc, link))
+        answer: dict[Any, str | None] = {}
+        for child, proc, link in spawned:
+            child.proc = child.link = None
+            try:
+                self._await_started(child, proc, link)
+                answer[child.spec.id] = None
+            except StartFailed as e:
+                del self._children[child.spec.id]
+                answer[child.spec.id] = str(e)
+        return answer
+
     def _op_terminate_child(self, child_id: Any) -> None:
         child = self._get(child_id)
         if child.running:
@@ -471,8 +502,13 @@ class Supervisor(SupervisorAPI):
             link = child.link
 
     def _start(self, child: _Child) -> None:
+        self._await_started(child, *self._spawn(child))
+
+    def _spawn(self, child: _Child) -> tuple[Any, link_mod.Link]:
+        return process.spawn(child.spec, (), self._close_in_child())
+
+    def _await_started(self, child: _Child, proc: Any, link: link_mod.Link) -> None:
         spec = child.spec
-        proc, link = process.spawn(spec, (), self._close_in_child())
         if spec.notify_ready:
             try:
                 _await_ready(proc, link, spec)

@@ -61,6 +61,8 @@ class ChaosConfig:
     alarm_for: float = 5.0  # seconds the memory alarm lasts
     drain_timeout: float = 180.0
     idle_after: float = 0.0  # > 0: queues keep falling idle and waking (roger's idle_after)
+    delayed_share: float = 0.2  # of the batches, enqueued with a delay of 1..max_delay s
+    max_delay: int = 5
     workdir: Path | None = None
     broker_url: str = BROKER_URL
 

@@ -63,4 +63,5 @@ class LedgerJob(roger.Job):
         record_completion(
             args["sink"], n=args["n"], id=self.id, node=os.environ.get("ROGER_NODE_NAME", "?"),
             pid=os.getpid(), attempt=self.retry_count, redelivered=bool(self.redelivered),
-            partition=self.partition, queue=self.queue, started=started, t=time.time())
+            partition=self.partition, queue=self.queue, started=started, t=time.time(),
+            due_at=self.due_at)

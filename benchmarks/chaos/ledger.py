@@ -26,6 +26,12 @@ class Completion:
     queue: str
     started: float
     t: float
+    due_at: int | None = None  # ms since the epoch, on a delayed job's copy
+
+    @property
+    def early(self) -> bool:
+        """A delayed job that started before its due time (must never happen)."""
+        return self.due_at is not None and self.started * 1000 < self.due_at
 
 
 class Ledger:
@@ -42,8 +48,11 @@ class Ledger:
         self.first_publish = self.last_confirm = 0.0
         self._offsets: dict[Path, int] = {}
         self.completions: dict[str, list[Completion]] = defaultdict(list)
+        self.delayed: set[str] = set()  # ids of confirmed delayed jobs
+        self.last_due = 0.0  # epoch s when the last delayed job published is due
 
-    def make(self, partition: str, queue: str, sleep: float, hold: float = 0.0) -> LedgerJob:
+    def make(self, partition: str, queue: str, sleep: float, hold: float = 0.0,
+             delay: int = 0) -> LedgerJob:
         with self.lock:
             n = self.next_n
             self.next_n += 1
@@ -52,6 +61,7 @@ class Ledger:
             args["hold"] = hold
         job = LedgerJob.create(args)
         job.target = (partition, queue)  # where it goes (not part of the record)
+        job.delay = delay  # seconds; 0: not delayed
         return job
 
     def publish(self, jobs: list[LedgerJob], settings: roger.Settings,
@@ -69,10 +79,13 @@ class Ledger:
             with self.lock:
                 for job in jobs:
                     self.publishes[job.id] += 1
+                # Before the publish: an unconfirmed attempt may be queued too.
+                self.last_due = max(self.last_due, time.time() + jobs[0].delay + 1)
                 if not self.first_publish:
                     self.first_publish = time.time()
             try:
-                roger.enqueue_many(jobs, partition, queue, settings=settings)
+                roger.enqueue_many(jobs, partition, queue, settings=settings,
+                                   delay=jobs[0].delay or None)
             except roger.BrokerError:
                 with self.lock:
                     self.errors += 1
@@ -86,6 +99,8 @@ class Ledger:
                     self.confirmed[job.id] = job.args["n"]
                     self.confirmed_at[job.id] = now
                 self.last_confirm = now
+                if jobs[0].delay:
+                    self.delayed.update(job.id for job in jobs)
             return True
 
     def read_sink(self) -> None:

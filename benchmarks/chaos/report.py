@@ -58,6 +58,9 @@ class Report:
     still_queued: int = 0
     lost: int = 0
     lost_ids: list[str] = field(default_factory=list)
+    delayed: int = 0  # confirmed jobs enqueued with a delay
+    early: int = 0  # runs of delayed jobs that started before their due time (must be 0)
+    early_ids: list[str] = field(default_factory=list)
     unconfirmed_done: int = 0
     unconfirmed: int = 0  # publishes given up
     dup_causes: Counter[str] = field(default_factory=Counter)
@@ -108,6 +111,8 @@ class Report:
             f"| dead-lettered | {self.dead} ({dead}) |",
             f"| still queued at the deadline | {self.still_queued} |",
             f"| **lost** | **{self.lost}** |",
+            f"| of the confirmed, delayed (1-{c.max_delay} s) | {self.delayed} |",
+            f"| **runs of a delayed job before its due time** | **{self.early}** |",
             "",
             f"Load held: {self.confirmed} jobs confirmed over {self.publish_seconds:.0f} s "
             f"({rate:.1f} jobs/s published under faults); {self.completions} runs completed "
@@ -148,6 +153,8 @@ class Report:
                          f"{sum(self.copies_aside.values())} ({aside}).")
         for note in self.notes:
             lines.append(f"\nNote: {note}")
+        if self.early_ids:
+            lines.append(f"\nEarly runs (first 20): {', '.join(self.early_ids[:20])}")
         if self.lost_ids:
             lines.append(f"\nLost ids (first 20): {', '.join(self.lost_ids[:20])}")
         return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ from benchmarks.chaos.faults import Fault, Injector
 from benchmarks.chaos.ledger import Completion, Ledger
 from benchmarks.chaos.nodes import ChaosNode, wait_until
 from benchmarks.chaos.report import Report
+from roger.amqp import delay
 
 # Node log lines that show a broker disruption (to spot other programs' faults).
 DISRUPTION_MARKS = ("lost the broker connection", "cannot connect to",
@@ -48,7 +49,10 @@ class ChaosRun:
         self.rng = random.Random(cfg.seed)
         self._log = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.t0 = time.time()
+        # Its own delay levels (and exchanges): their leftovers are this run's alone.
+        self.prefix = f"chaos-{self.run_id}"
         env = {
+            "ROGER_SYSTEM_EXCHANGE_PREFIX": self.prefix,
             "ROGER_BROKER_URL": cfg.broker_url,
             "ROGER_PARTITIONS": json.dumps(self.partitions),
             "ROGER_IMPORTS": json.dumps(["benchmarks.chaos.jobs"]),
@@ -62,7 +66,8 @@ class ChaosRun:
         self.nodes = [ChaosNode(f"chaos-{self.run_id}-n{i}", self.workdir, env) for i in (1, 2)]
         self.producer_settings = roger.Settings(
             broker_url=cfg.broker_url, confirm_timeout=cfg.confirm_timeout,
-            retry_levels=list(cfg.retry_levels), state_dir=self.workdir / "state")
+            retry_levels=list(cfg.retry_levels), state_dir=self.workdir / "state",
+            system_exchange_prefix=self.prefix)
         self.injector = Injector(self)
         self.stop_producing = threading.Event()
         self.faults_over = threading.Event()
@@ -100,7 +105,9 @@ class ChaosRun:
                 continue
             p, q = self._target(turn, time.monotonic() - start)
             turn += 1
-            batch = [self.ledger.make(p, q, self.rng.uniform(0, cfg.job_sleep))
+            delay = (self.rng.randint(1, cfg.max_delay)
+                     if self.rng.random() < cfg.delayed_share else 0)
+            batch = [self.ledger.make(p, q, self.rng.uniform(0, cfg.job_sleep), delay=delay)
                      for _ in range(min(due, 25))]
             if not self.ledger.publish(batch, self.producer_settings, self.stop_producing):
                 self.given_up += len(batch)
@@ -179,7 +186,8 @@ class ChaosRun:
                 n for q, n in depths.items() if not q.endswith((".buried", ".rejected")))
             if busy == 0 and not missing:
                 return
-            if busy == 0 and all(n.healthy(self.partitions) for n in self.nodes):
+            if (busy == 0 and time.time() > self.ledger.last_due
+                    and all(n.healthy(self.partitions) for n in self.nodes)):
                 # Nothing left to run: the missing ones are dead-lettered or lost.
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since > 5.0:
@@ -202,6 +210,8 @@ class ChaosRun:
                 settings = self.producer_settings
                 names = [f"{p}-{q}", *(f"{p}-{q}.retry.{s}" for s in settings.retry_levels),
                          f"{p}-{q}.buried", f"{p}-{q}.rejected"]
+                if (p, q) == self.targets[0]:  # the run's delay levels, once
+                    names += self._levels()
                 for name in names:
                     ch = conn.channel()
                     try:
@@ -267,6 +277,11 @@ class ChaosRun:
                 report.lost += 1
                 report.lost_ids.append(f"#{confirmed[job_id]} {job_id}")
         report.dead_lettered = dict(dead_counts)
+        report.delayed = len(ledger.delayed)
+        early = [c for runs in ledger.completions.values() for c in runs if c.early]
+        report.early = len(early)
+        report.early_ids = [f"#{c.n} {c.id} started {c.due_at - c.started * 1000:.0f} ms early"
+                            for c in early]
 
     def _save(self, report: Report) -> None:
         """Keep what only this process knew (confirmed ids, faults) beside the sink and logs."""
@@ -336,7 +351,7 @@ class ChaosRun:
         for p, q in self.targets:
             names += [f"{p}-{q}", *(f"{p}-{q}.retry.{s}" for s in self.cfg.retry_levels),
                       f"{p}-{q}.buried", f"{p}-{q}.rejected"]
-        names += [f"{p}.global" for p in self.partitions]
+        names += [f"{p}.global" for p in self.partitions] + self._levels()
         with contextlib.suppress(Exception), \
                 kombu.Connection(self.cfg.broker_url, connect_timeout=10) as conn:
             for name in names:
@@ -348,9 +363,20 @@ class ChaosRun:
             for p in self.partitions:
                 ch = conn.channel()
                 with contextlib.suppress(Exception):
-                    ch.exchange_delete(f"roger.{p}.events")
+                    ch.exchange_delete(f"{self.prefix}.{p}.events")
                 with contextlib.suppress(Exception):
                     ch.close()
+            for name in [*self._levels(), f"{self.prefix}.delay.deliver",
+                         f"{self.prefix}.system"]:
+                ch = conn.channel()
+                with contextlib.suppress(Exception):
+                    ch.exchange_delete(name)
+                with contextlib.suppress(Exception):
+                    ch.close()
+
+    def _levels(self) -> list[str]:
+        """The run's delay level queues (each also names an exchange)."""
+        return delay.level_queues(self.producer_settings)
 
     def run(self) -> Report:
         cfg = self.cfg

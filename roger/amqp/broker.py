@@ -19,6 +19,7 @@ import amqp
 import kombu
 from amqp import exceptions as amqp_errors
 
+from roger.amqp import delay
 from roger.amqp.connection import CONNECTION_ERRORS, connect, translate_errors
 from roger.amqp.frames import buffer_reads, drain_pending
 from roger.amqp.publish import ConfirmTimeout, Nacked, Outgoing, Unroutable, publish_confirmed
@@ -100,6 +101,20 @@ class Broker:
         self.call(lambda channel: declare_queues(channel, settings, partition, queue,
                                                  retry=False))
         self._declared.add(key)
+
+    def declare_delayed(self, settings: Settings, queue: str) -> None:
+        """Declare the delay levels and bind main queue `queue` to them, once per process."""
+        prefix = settings.system_exchange_prefix
+        self.declare_once(("delay", prefix), lambda ch: delay.declare_levels(ch, settings))
+        self.declare_once(("delay", prefix, queue),
+                          lambda ch: delay.declare_destination(ch, settings, queue))
+
+    def declare_once(self, key: tuple[Any, ...], operation: Callable[[amqp.Channel], Any]
+                     ) -> None:
+        """Run the declaring `operation` unless one with `key` ran since the last forget."""
+        if key not in self._declared:
+            self.call(operation)
+            self._declared.add(key)
 
     def forget_declared(self) -> None:
         """Drop the declaration cache (after a queue turned out to be missing)."""

@@ -29,13 +29,14 @@ _DRAIN_EVERY = 256
 
 
 class Outgoing(NamedTuple):
-    """One message to publish through the default exchange."""
+    """One message to publish, through the default exchange unless `exchange` is set."""
 
     routing_key: str
     body: bytes
     headers: dict[str, Any] | None = None
     message_id: str | None = None
     content_type: str | None = CONTENT_TYPE
+    exchange: str = ""
 
 
 class Unroutable(BrokerError):
@@ -204,7 +205,7 @@ def _publish_all(publish: Callable[..., Any], confirms: _Confirms, items: Sequen
         confirms.pending.add(tag)
         tag += 1
         confirms.next_tag = tag
-        publish(message, exchange="", routing_key=item.routing_key, mandatory=True)
+        publish(message, exchange=item.exchange, routing_key=item.routing_key, mandatory=True)
         if count % _DRAIN_EVERY == 0:
             # Send what we have and take in the confirms so far: the socket
             # buffers on both sides stay small.

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import amqp
@@ -148,3 +149,40 @@ def declare_system(channel: amqp.Channel, settings: Settings) -> str:
     name = system_exchange_name(settings)
     channel.exchange_declare(name, "fanout", durable=True, auto_delete=False)
     return name
+
+
+# --------------------------------------------------------------- queue depths
+
+COUNT_WINDOW = 256  # passive declarations in flight at once
+
+
+def count_messages(open_channel: Callable[[], amqp.Channel], names: Iterable[str]
+                   ) -> dict[str, tuple[int, int] | None]:
+    """``{name: (message_count, consumer_count)}`` of existing queues; None for a missing one.
+
+    Passive declarations, sent in windows of `COUNT_WINDOW` before their
+    answers are read: a node's status counts thousands of idle queues, and
+    one round trip each added up to most of a second on a thousand
+    partitions. A missing queue makes RabbitMQ close the channel, and the
+    declarations sent after it on that channel go unanswered: counting goes
+    on from the next name on a fresh channel from `open_channel()`.
+    """
+    todo = list(names)
+    out: dict[str, tuple[int, int] | None] = {}
+    channel = open_channel()
+    while todo:
+        window, todo = todo[:COUNT_WINDOW], todo[COUNT_WINDOW:]
+        for name in window:
+            channel.send_method(amqp.spec.Queue.Declare, "BsbbbbbF",
+                                (0, name, True, False, False, False, False, None))
+        for i, name in enumerate(window):
+            try:
+                _, messages, consumers = channel.wait(amqp.spec.Queue.DeclareOk,
+                                                      returns_tuple=True)
+            except amqp.exceptions.NotFound:
+                out[name] = None
+                todo = window[i + 1:] + todo
+                channel = open_channel()
+                break
+            out[name] = (messages, consumers)
+    return out

@@ -133,14 +133,15 @@ def partitions_text(info: dict) -> str:
         for part, queues in sorted((answer.get("running") or {}).items()):
             for queue, q in sorted(queues.items()):
                 rows.append([node, part, queue, "running", q.get("max_workers"),
-                             q.get("paused"), q.get("message_count"), q.get("consumer_count")])
+                             q.get("paused"), q.get("message_count"), q.get("delayed"),
+                             q.get("consumer_count")])
         for part, queues in sorted((answer.get("waiting") or {}).items()):
             for queue, workers in sorted(queues.items()):
-                rows.append([node, part, queue, "waiting", workers, None, None, None])
+                rows.append([node, part, queue, "waiting", workers, None, None, None, None])
     if not rows:
         return "no node answered"
     return table(("NODE", "PARTITION", "QUEUE", "STATE", "WORKERS", "PAUSED", "MESSAGES",
-                  "CONSUMERS"), rows)
+                  "DELAYED", "CONSUMERS"), rows)
 
 
 def running_text(info: dict) -> str:

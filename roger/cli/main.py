@@ -187,11 +187,15 @@ def _add_ctl(sub: Any) -> None:
 def _add_enqueue(sub: Any) -> None:
     enq = _command(sub, "enqueue", "enqueue a job by its registered name; prints its id",
                    ["roger enqueue myapp myapp.jobs:SendInvoice '{\"id\": 7}' "
-                    "--imports myapp.jobs"], _cmd_enqueue, parents=[_common(json_output=False)])
+                    "--imports myapp.jobs",
+                    "roger enqueue myapp myapp.jobs:SendInvoice '{\"id\": 7}' --delay 600"],
+                   _cmd_enqueue, parents=[_common(json_output=False)])
     enq.add_argument("partition")
     enq.add_argument("job", help="registered job name, module:QualName")
     enq.add_argument("args", type=json.loads, help="JSON arguments")
     enq.add_argument("--queue")
+    enq.add_argument("--delay", type=float, help="run it no earlier than this many seconds "
+                                                   "from now")
 
 
 def _add_info(sub: Any) -> None:
@@ -338,7 +342,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
     settings = _configured(args)
     registry.import_modules(settings.imports)
-    job = registry.resolve(args.job).create(args.args).enqueue(args.partition, args.queue)
+    job = registry.resolve(args.job).create(args.args).enqueue(args.partition, args.queue,
+                                                               delay=args.delay)
     print(job.id)
     return 0
 

@@ -29,7 +29,7 @@ from roger.node.watcher import Wake
 from roger.partition import supervisor as partition_supervisor
 from roger.partition.supervisor import QueueIdle, run_partition, start_timeout
 from roger.settings import Settings, check_partition_name, check_queues
-from supervision import ChildSpec, Event, StartFailed, Supervisor
+from supervision import ChildSpec, Event, Supervisor
 
 __all__ = ["NodeStatus", "ReconfigurePartition", "RestartPartition", "Root", "StartPartition",
            "StopPartition"]
@@ -40,6 +40,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 STABLE_AFTER = 60.0  # a partition up this long starts its backoff afresh
 CALL_TIMEOUT = 120.0
 STATUS_TIMEOUT = 10.0
+START_BATCH = 16  # partitions started side by side at most
 
 
 # ----------------------------------------------------------------- the requests
@@ -163,17 +164,31 @@ class Root:
             self._try_start(name)
 
     def _try_start(self, name: str) -> bool:
-        if (name not in self.partitions or name in self.idle.dormant or self._running(name)
-                or self.sup.stopping):
-            return False
-        try:
-            self.sup.start_child(self.spec(name))
-        except StartFailed as e:
-            self._wait(name, str(e))
-            return False
-        self.waiting.pop(name, None)
-        self.started_at[name] = time.monotonic()
-        return True
+        return name in self._try_start_all([name])
+
+    def _try_start_all(self, names: list[str]) -> set[str]:
+        """Start these partitions side by side; those that fail wait. Answers the started.
+
+        A partition's start waits on RabbitMQ (connections, subscriptions,
+        the coordinator's hand-over), so starts overlap well; they go in
+        batches of `START_BATCH` so a burst of wakes does not fork more at
+        once than the machine can start within their timeouts.
+        """
+        names = [n for n in dict.fromkeys(names)
+                 if n in self.partitions and n not in self.idle.dormant
+                 and not self._running(n) and not self.sup.stopping]
+        started: set[str] = set()
+        for i in range(0, len(names), START_BATCH):
+            batch = names[i:i + START_BATCH]
+            answer = self.sup.start_children([self.spec(n) for n in batch])
+            for name in batch:
+                if answer[name] is not None:
+                    self._wait(name, answer[name])
+                    continue
+                self.waiting.pop(name, None)
+                self.started_at[name] = time.monotonic()
+                started.add(name)
+        return started
 
     def _wait(self, name: str, why: str) -> None:
         attempts = self.waiting.get(name, 0)
@@ -200,26 +215,33 @@ class Root:
     # ----------------------------------------------------------- idle queues
 
     def _handle_reports(self) -> None:
+        woken: list[str] = []  # dormant partitions to start, side by side
         while self.reports and not self.sup.stopping:
             report = self.reports.popleft()
             if isinstance(report, Wake):
-                self._wake(report.partition, report.queue)
+                self._wake(report.partition, report.queue, woken)
             else:
                 self._queue_idle(report.partition, report.queue)
+        if woken:
+            self._try_start_all(woken)
+            for name in woken:
+                self.idle.tell(name)  # after the start: the partition's coordinator is up
 
-    def _wake(self, name: str, queue: str) -> None:
-        """A message arrived in an idle queue: start its consumer (and partition)."""
-        if not self.idle.wake(name, queue):
-            return  # awake already, or stopped meanwhile
+    def _wake(self, name: str, queue: str, woken: list[str]) -> None:
+        """A message arrived in an idle queue: start its consumer (or add its partition
+        to `woken`, to start)."""
+        if not self.idle.wake(name, queue) or name in woken:
+            return  # awake already, stopped meanwhile, or it starts with its partition
         if name in self.idle.dormant:
             self.idle.dormant.discard(name)
-            self._try_start(name)
-        elif self._running(name):
+            woken.append(name)
+            return
+        if self._running(name):
             try:
                 partition_supervisor.wake(self.sup, name, queue, CALL_TIMEOUT)
             except Exception as e:  # the partition is dying: it restarts with the queue awake
                 log.warning("[%s/%s] could not wake the queue: %s", name, queue, e)
-        self.idle.tell(name)  # after the start: the partition's coordinator is up
+        self.idle.tell(name)
 
     def _queue_idle(self, name: str, queue: str) -> None:
         if name not in self.partitions or not self._running(name):

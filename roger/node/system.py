@@ -134,15 +134,23 @@ class System(Service):
 
 
 def partitions_view(status: dict) -> dict:
-    """A node's status in the shape of `roger.info.partitions()`."""
-    running = {
-        partition: {
-            q: {k: info.get(k) for k in ("max_workers", "paused", "message_count",
-                                          "consumer_count")}
-            for q, info in p.get("queues", {}).items() if isinstance(info, dict)
-        }
-        for partition, p in status.get("running", {}).items()
-    }
+    """A node's status in the shape of `roger.info.partitions()`.
+
+    A queue's ``"delayed"`` count is there only where the partition's
+    coordinator is active; `roger.info.partitions` spreads it to every node.
+    """
+    running = {}
+    for partition, p in status.get("running", {}).items():
+        coordinator = p.get("coordinator") or {}
+        delayed = coordinator.get("delayed") if coordinator.get("active") else None
+        queues = {}
+        for q, info in p.get("queues", {}).items():
+            if isinstance(info, dict):
+                queues[q] = {k: info.get(k) for k in ("max_workers", "paused", "message_count",
+                                                       "consumer_count")}
+                if delayed is not None:
+                    queues[q]["delayed"] = delayed.get(q, 0)
+        running[partition] = queues
     return {"running": running, "waiting": status.get("waiting", {})}
 
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import amqp
-from amqp.exceptions import NotFound
 
 import supervision
 from roger.amqp import rpc, topology
@@ -304,24 +303,24 @@ class Watcher(Service):
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict:
+        counts = topology.count_messages(
+            self._status_channel, [topology.queue_name(p, q)
+                                   for p, watch in self.plan.items() for q in watch.queues])
         out: dict[str, Any] = {}
         for p, watch in self.plan.items():
             core = self.cores.get(p)
             paused = self.paused.get(p)
             queues = {}
             for q in watch.queues:
+                messages, consumers = counts.get(topology.queue_name(p, q)) or (0, 0)
                 queues[q] = {"paused": None if paused is None else q in paused,
-                             "watched": (p, q) in self.subscribed, **self._counts(p, q)}
+                             "watched": (p, q) in self.subscribed,
+                             "message_count": messages, "consumer_count": consumers}
             out[p] = {"coordinator": core.status() if core else None, "queues": queues}
         return out
 
-    def _counts(self, p: str, q: str) -> dict:
+    def _status_channel(self) -> Any:
+        # Its own channel: a missing queue closes the channel it was counted on.
         if self.status_channel is None or not self.status_channel.is_open:
             self.status_channel = self.conn.channel()
-        try:
-            declared = self.status_channel.queue_declare(topology.queue_name(p, q),
-                                                         passive=True)
-        except NotFound:  # the channel is closed by the broker: a new one next time
-            return {"message_count": 0, "consumer_count": 0}
-        return {"message_count": declared.message_count,
-                "consumer_count": declared.consumer_count}
+        return self.status_channel

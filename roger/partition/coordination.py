@@ -37,12 +37,21 @@ def _checked(settings: Settings, partition: str, body: dict) -> dict:
     return reply
 
 
-def claim_queue_keys(settings: Settings, partition: str, jobs: list[Record]) -> None:
-    """Reserve each job's `queue_key` cluster-wide, all or none; `DuplicateJob` on a clash."""
+def claim_queue_keys(settings: Settings, partition: str, jobs: list[Record],
+                     until: int | None = None) -> None:
+    """Reserve each job's `queue_key` cluster-wide, all or none; `DuplicateJob` on a clash.
+
+    `until` is the jobs' due time (ms since the epoch) when they are
+    delayed: `queue_key_ttl` then counts from it, so a key outlives its
+    job's wait however long.
+    """
     pairs = [(job.queue_key, job.id) for job in jobs if job.queue_key is not None]
     if not pairs:
         return
-    reply = request(settings, partition, {"op": "claim", "keys": pairs})
+    body: dict = {"op": "claim", "keys": pairs}
+    if until is not None:
+        body["until"] = until / 1000
+    reply = request(settings, partition, body)
     if not reply.get("ok"):
         if "duplicates" in reply:
             raise duplicate_job(partition, reply["duplicates"])
@@ -85,7 +94,9 @@ def cancel(partition: str, job_id: str, *, settings: Settings | None = None) -> 
     ``on_cancel`` fires exactly once, on the node that finds the job. Its
     `queue_key` is free at once, even while the job waits in a paused queue.
     Cancelling a job that already finished does nothing. The cancellation is
-    remembered for 24 hours (a job still queued after that runs).
+    remembered for 24 hours (a job still queued after that runs), and in a
+    partition with delayed jobs until the last of them is due: a cancelled
+    delayed job never runs, and its ``on_cancel`` fires when it is due.
 
     >>> roger.cancel("myapp", job.id)
     """

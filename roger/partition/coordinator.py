@@ -6,7 +6,8 @@ single-active-consumer flag: exactly one of them gets the requests, in
 order, and when its node dies RabbitMQ hands the queue to a standby. Being
 the only reader makes every operation atomic without locks.
 
-The state (queue keys, execution keys, cancelled job ids, paused queues) is
+The state (queue keys, execution keys, cancelled job ids, paused queues,
+the counts of delayed jobs by due time) is
 saved through the persister after each change, and loaded when a
 coordinator receives its first request after (re)subscribing, that is when
 it becomes the active one. What a failover can lose: nothing that was
@@ -22,7 +23,8 @@ rest.
 
 Requests are JSON messages with an ``op``; calls carry ``reply_to`` and
 ``correlation_id`` (RabbitMQ's direct reply-to); one-way notices
-(releases) are persistent and acked only once applied. Changes that
+(releases, and producers' counts of the jobs they delayed) are persistent
+and acked only once applied. Changes that
 consumers must act on at once (cancel, pause, resume) are broadcast on the
 partition's fanout exchange ``<prefix>.<partition>.events``.
 
@@ -166,8 +168,10 @@ class CoordinatorCore:
             self.channels.requests.basic_cancel(ctag)
 
     def status(self) -> dict:
+        # Delayed jobs per queue: only the active one knows (standbys hold no state).
+        delayed = self.state.delayed_counts(time.time()) if self.active else {}
         return {"active": self.active, "queue_keys": len(self.state.queue_keys),
-                "paused": sorted(self.state.paused)}
+                "paused": sorted(self.state.paused), "delayed": delayed}
 
     def wake_in(self) -> float | None:
         """Seconds until this core needs a turn (its next periodic slot), or None."""
@@ -249,13 +253,20 @@ class CoordinatorCore:
 
     def op_state(self, request: dict) -> dict:
         return {"ok": True, "paused": sorted(self.state.paused),
-                "cancelled": list(self.state.cancelled)}
+                "cancelled": list(self.state.cancelled),
+                "cancelled_until": self.state.cancelled}
+
+    def op_delayed(self, request: dict) -> dict:
+        # A producer delayed jobs: {"due": ms since the epoch, "counts": {queue: n}}.
+        self.state.add_delayed(request["counts"], request["due"] / 1000, time.time())
+        self._save()
+        return {"ok": True}
 
     def op_claim(self, request: dict) -> dict:
         pairs = [(k, j) for k, j in request["keys"]]
         now = time.time()
         expired = self._expire_keys(now, [k for k, _ in pairs])
-        taken = self.state.claim(pairs, now)
+        taken = self.state.claim(pairs, now, request.get("until"))
         if taken:
             if expired:
                 self._save()
@@ -318,13 +329,13 @@ class CoordinatorCore:
 
     def op_cancel(self, request: dict) -> dict:
         job_id = request["job_id"]
-        self.state.cancel(job_id, time.time())
+        until = self.state.cancel(job_id, time.time())
         # Freed now, not when a consumer dequeues the job: its queue may be
         # paused (or idle) for long. The job's own release, later, is a no-op.
         for key in self.state.release_job(job_id):
             log.info("[%s] queue key %r of cancelled job %s released", self.partition, key, job_id)
         self._save()
-        self._broadcast({"type": "cancel", "job_id": job_id})
+        self._broadcast({"type": "cancel", "job_id": job_id, "until": until})
         log.info("[%s] job %s cancelled", self.partition, job_id)
         return {"ok": True}
 

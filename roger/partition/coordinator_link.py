@@ -12,10 +12,10 @@ only once applied.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -58,11 +58,11 @@ class CoordinatorLink:
         declare_global(self.channel, settings, partition)
         self.pending: dict[str, Any] = {}  # correlation id -> job awaiting acquire
         self.paused: set[str] = set()
-        # Cancelled ids, forgotten CANCELLED_TTL after we heard of them, as the
-        # coordinator forgets them: a consumer that runs for months must not
-        # keep every id ever cancelled. Insertion order is expiry order.
+        # Cancelled ids, forgotten when the coordinator forgets them (24 h, or
+        # until the partition's last delayed job is due): a consumer that runs
+        # for months must not keep every id ever cancelled.
         self.cancelled: dict[str, float] = {}  # job id -> forget after (monotonic)
-        self._expiry: deque[tuple[float, str]] = deque()
+        self._expiry: list[tuple[float, str]] = []  # a heap of (forget after, job id)
 
     def __repr__(self) -> str:
         return (f"<CoordinatorLink {self.partition!r}: paused {sorted(self.paused)}, "
@@ -75,8 +75,9 @@ class CoordinatorLink:
         self.channel.basic_consume(q, callback=self._on_broadcast, no_ack=True)
         state = rpc.call(self.channel, self.queue, {"op": "state"}, STATE_TIMEOUT)
         self.paused = set(state.get("paused", []))
+        until = state.get("cancelled_until") or {}
         for job_id in state.get("cancelled", []):
-            self._remember_cancelled(job_id)
+            self._remember_cancelled(job_id, until.get(job_id))
         self.replies = rpc.Replies(self.channel, self._on_reply)
 
     def _on_broadcast(self, msg: amqp.Message) -> None:
@@ -85,7 +86,7 @@ class CoordinatorLink:
         except ValueError:
             return
         if event.get("type") == "cancel":
-            self._remember_cancelled(event["job_id"])
+            self._remember_cancelled(event["job_id"], event.get("until"))
         elif event.get("type") == "pause":
             self.paused.add(event["queue"])
         elif event.get("type") == "resume":
@@ -95,15 +96,17 @@ class CoordinatorLink:
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self.cancelled
 
-    def _remember_cancelled(self, job_id: str) -> None:
+    def _remember_cancelled(self, job_id: str, until: float | None = None) -> None:
+        """Remember `job_id` until epoch time `until` (at least `CANCELLED_TTL`)."""
         now = time.monotonic()
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
-            until, old = expiry.popleft()
-            if self.cancelled.get(old) == until:  # not cancelled again since
+            forget, old = heapq.heappop(expiry)
+            if self.cancelled.get(old) == forget:  # not cancelled again since
                 del self.cancelled[old]
-        self.cancelled[job_id] = until = now + CANCELLED_TTL
-        expiry.append((until, job_id))
+        ttl = CANCELLED_TTL if until is None else max(CANCELLED_TTL, until - time.time())
+        self.cancelled[job_id] = forget = now + ttl
+        heapq.heappush(expiry, (forget, job_id))
 
     # ------------------------------------------------------------ execution keys
 

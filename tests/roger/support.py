@@ -65,3 +65,9 @@ def delete_partition(name: str) -> None:
     delete_queues(queue_names(name, ["default", "other", "q1", "q2"], [1, 2, 3])
                   + [f"{name}.global"] + [f"{name}-execution-waiting-{k}" for k in "abc"],
                   [f"roger.{name}.events"])
+
+
+def delete_delay_levels(prefix: str) -> None:
+    """The delay levels of `system_exchange_prefix` `prefix` (tests give each module its own)."""
+    levels = [f"{prefix}.delay.{level:02d}" for level in range(28)]
+    delete_queues(levels, [*levels, f"{prefix}.delay.deliver", f"{prefix}.system"])

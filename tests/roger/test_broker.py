@@ -363,3 +363,29 @@ def test_oversized_job_is_refused_before_publishing(partition, settings):
     small = Settings(**(settings.model_dump() | {"max_message_bytes": 100}))
     with pytest.raises(ValueError, match="max_message_bytes"):
         roger.enqueue_many([Ping.create({"blob": "x" * 200})], partition, settings=small)
+
+
+def test_count_messages_counts_many_queues_and_names_the_missing_ones(rabbit, monkeypatch):
+    # More queues than one window holds, with missing ones among them (each
+    # closes the channel it was counted on): every name gets its own answer.
+    monkeypatch.setattr(topology, "COUNT_WINDOW", 4)
+    prefix = f"t{uuid4().hex[:8]}"
+    setup = rabbit.channel()
+    names = []
+    for i in range(10):
+        name = f"{prefix}-q{i}"
+        names.append(name)
+        if i in (3, 7):
+            continue  # never declared
+        setup.queue_declare(name, durable=False, auto_delete=False)
+        for _ in range(i):
+            setup.basic_publish(amqp.Message(b"x"), routing_key=name)
+    try:
+        wait_for(lambda: count(rabbit, names[9]) == 9, what="the messages to land")
+        counts = topology.count_messages(rabbit.channel, names)
+        assert counts == {name: (None if i in (3, 7) else (i, 0)) for i, name in enumerate(names)}
+    finally:
+        for i, name in enumerate(names):
+            if i not in (3, 7):
+                setup.queue_delete(name)
+        setup.close()

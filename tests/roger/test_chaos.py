@@ -24,6 +24,8 @@ def test_no_confirmed_job_is_lost_under_every_fault(tmp_path: Path) -> None:
     assert report.injected_kinds == set(FAULT_KINDS), table
     assert report.confirmed >= report.cfg.jobs, table
     assert report.lost == 0, table
+    assert report.delayed > 0, table  # some jobs went through the delay levels
+    assert report.early == 0, table  # and none of them ran before its due time
     assert report.still_queued == 0, table
     assert report.recovered, table
     accounted = report.done_once + report.duplicated + report.dead

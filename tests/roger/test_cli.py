@@ -141,10 +141,12 @@ def test_status_text_shows_an_idle_queue_as_idle():
 def test_partitions_and_jobs_text():
     text = partitions_text({"n1": {
         "running": {"myapp": {"default": {"max_workers": 4, "paused": True,
-                                          "message_count": 7, "consumer_count": 2}}},
+                                          "message_count": 7, "delayed": 3,
+                                          "consumer_count": 2}}},
         "waiting": {"late": {"default": 1}}}})
+    assert text.splitlines()[0].split()[-2:] == ["DELAYED", "CONSUMERS"]
     assert [line.split() for line in text.splitlines()[1:]] == [
-        ["n1", "myapp", "default", "running", "4", "yes", "7", "2"],
-        ["n1", "late", "default", "waiting", "1", "-", "-", "-"]]
+        ["n1", "myapp", "default", "running", "4", "yes", "7", "3", "2"],
+        ["n1", "late", "default", "waiting", "1", "-", "-", "-", "-"]]
     assert partitions_text({}) == "no node answered"
     assert jobs_text([], "queued jobs") == "(0 queued jobs)"

@@ -17,7 +17,7 @@ from testjobs import Keyed, Record, ends, events
 import roger
 from roger import Node
 from tests.helpers import alive, wait_for
-from tests.roger.support import BROKER, queue_depth
+from tests.roger.support import BROKER, delete_partition, queue_depth
 
 IDLE_AFTER = 1.0
 
@@ -149,7 +149,7 @@ def test_info_lists_idle_queues_like_any_other(idle_node, partition):
     view = roger.info.partitions()[idle_node.settings.node_name]
     queue = view["running"][partition]["default"]
     assert queue == {"max_workers": 1, "paused": False, "message_count": 0,
-                     "consumer_count": 1}
+                     "consumer_count": 1, "delayed": 0}
 
 
 def test_an_idle_queue_deleted_under_the_watcher_is_declared_again(idle_node, partition, out):
@@ -159,3 +159,23 @@ def test_an_idle_queue_deleted_under_the_watcher_is_declared_again(idle_node, pa
              what="the watcher to declare and consume the queue again")
     Record.create({"out": out}).enqueue(partition)
     wait_for(lambda: ends(out), what="the job to run")
+
+
+def test_a_burst_of_jobs_wakes_many_dormant_partitions_together(make_settings, partition, out):
+    # The root starts partitions woken at the same time side by side; two
+    # queues of one partition may wake in the same batch.
+    names = [partition] + [f"{partition}b{i}" for i in range(5)]
+    settings = make_settings(partitions={n: {"default": 1, "other": 1} for n in names},
+                             idle_after=IDLE_AFTER)
+    try:
+        with Node(settings) as node:
+            wait_for(lambda: all(dormant(node, n) for n in names), what="every partition asleep")
+            jobs = [Record.create({"out": out}).enqueue(n, queue=q)
+                    for n in names for q in ("default", "other")]
+            done = wait_for(lambda: len(ends(out)) >= len(jobs) and ends(out), timeout=60,
+                            what="every job")
+            assert sorted(e["id"] for e in done) == sorted(j.id for j in jobs)
+            assert node.status()["waiting"] == {}
+    finally:
+        for n in names[1:]:
+            delete_partition(n)

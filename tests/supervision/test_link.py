@@ -173,3 +173,46 @@ def test_outside_a_supervised_child_there_is_no_parent():
     supervision.ready()  # a no-op here
     with pytest.raises(SupervisionError, match="not a supervised child"):
         supervision.parent()
+
+
+def ready_when_all_began(me, names, folder):
+    """Report ready only once every sibling began its start: a barrier."""
+    (folder / me).write_text("began")
+    deadline = time.monotonic() + 10
+    while not all((folder / n).exists() for n in names) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polls files: the siblings are other processes with no pipe to us
+    if all((folder / n).exists() for n in names):
+        supervision.ready()
+    sleep_forever()
+
+
+def test_start_children_starts_them_side_by_side(trees, tmp_path):
+    # Each child waits for all the others to begin before it is ready: started
+    # one after the other, the first would never be ready.
+    names = ["a", "b", "c"]
+    handle = trees.start(Supervisor([]))
+    specs = [ChildSpec(n, ready_when_all_began, args=(n, names, tmp_path), notify_ready=True,
+                       start_timeout=20) for n in names]
+
+    assert handle.start_children(specs) == {"a": None, "b": None, "c": None}
+
+    assert sorted(c.id for c in handle.which_children() if c.state == "running") == names
+
+
+def test_start_children_reports_the_one_that_failed_and_keeps_the_others(trees):
+    handle = trees.start(Supervisor([]))
+    specs = [ChildSpec("good", event_then_ready, notify_ready=True),
+             ChildSpec("bad", exit_with, args=(3,), notify_ready=True)]
+
+    answer = handle.start_children(specs)
+
+    assert answer["good"] is None
+    assert "exit code 3" in answer["bad"]
+    assert [c.id for c in handle.which_children()] == ["good"]
+
+
+def test_start_children_refuses_an_id_twice(trees):
+    handle = trees.start(Supervisor([]))
+    with pytest.raises(SupervisionError, match="'x'"):
+        handle.start_children([ChildSpec("x", sleep_forever), ChildSpec("x", sleep_forever)])
+    assert handle.which_children() == []
