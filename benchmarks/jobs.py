@@ -48,3 +48,13 @@ class Delayed(roger.Job):
 
     def perform(self, args: dict[str, Any]) -> None:
         record(args["out"], args["i"], time.time() - args["due"])
+
+
+class Periodic(roger.Job):
+    """A periodic entry's job: records its slot (from its id) and when it ran (periodic)."""
+
+    name = "bench:Periodic"
+
+    def perform(self, args: dict[str, Any]) -> None:
+        slot = int(self.id.rsplit(":", 1)[1])  # periodic:<entry>:<slot>
+        record(args["out"], slot, (self.queued_at or 0) / 1000 - slot)

@@ -33,6 +33,9 @@ PROFILE_NOTES = HERE / "PROFILE.md"  # findings, kept by hand from `python -m be
 # The ledger run's section (`python -m benchmarks.chaos`), kept apart: a full
 # run rewrites RESULTS.md and must carry it over.
 RELIABILITY_NOTES = HERE / "RELIABILITY.md"
+# The periodic goals' section (`python -m benchmarks periodic`, not part of all),
+# carried over the same way.
+PERIODIC_NOTES = HERE / "PERIODIC.md"
 DELAYED_NOTES = HERE / "DELAYED.md"  # `python -m benchmarks delayed`, carried over likewise
 PROFILE_OUT = HERE / "profile-latest.md"
 
@@ -45,7 +48,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"which to run: {', '.join(BENCHMARKS)} (default: all); or "
                              "`profile`: sample roger's processes with py-spy during "
                              "throughput (not part of all); `delayed`: delay precision and "
-                             "RabbitMQ memory per delayed job (not part of all)")
+                             "RabbitMQ memory per delayed job (not part of all); `periodic`: the "
+                             "periodic jobs goals at full length, ~16 minutes (not part of all)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, one run of each system: a few minutes in all")
     parser.add_argument("--repeat", type=int, default=None,
@@ -61,7 +65,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.baseline is not None and "profile" in args.benchmarks:
         parser.error("--baseline does not apply to profile")
-    unknown = [b for b in args.benchmarks if b not in (*BENCHMARKS, "profile", "delayed")]
+    unknown = [b for b in args.benchmarks
+               if b not in (*BENCHMARKS, "profile", "delayed", "periodic")]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     return args
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if "profile" in args.benchmarks:
         return profile(args)
+    if "periodic" in args.benchmarks:
+        return periodic(args)
     if "delayed" in args.benchmarks:  # minutes of waiting: never part of "all"
         from benchmarks import delayed
 
@@ -148,6 +155,23 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def periodic(args: argparse.Namespace) -> int:
+    """``python -m benchmarks periodic``: see `benchmarks.periodic`; writes PERIODIC.md."""
+    from benchmarks import periodic as bench
+
+    cfg = Config.make(args.quick, args.repeat)
+    workdir = tempfile.mkdtemp(prefix="roger-bench-")
+    try:
+        text = bench.run(cfg, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(text, flush=True)
+    output = args.output or (PERIODIC_NOTES if not args.quick else HERE / "results-latest.md")
+    output.write_text(text)
+    progress(f"wrote {os.path.relpath(output)}")
+    return 0
+
+
 def render(cfg: Config, header: list[str], sections: list[Section], elapsed: float) -> str:
     mode = "quick" if cfg.quick else "full"
     lines = [
@@ -160,7 +184,7 @@ def render(cfg: Config, header: list[str], sections: list[Section], elapsed: flo
         *header, f"- Load average at the end: {sysinfo.load()}", "",
     ]
     text = "\n".join(lines) + "\n" + "\n".join(s.markdown() for s in sections)
-    for notes in (PROFILE_NOTES, RELIABILITY_NOTES, DELAYED_NOTES):
+    for notes in (PROFILE_NOTES, RELIABILITY_NOTES, DELAYED_NOTES, PERIODIC_NOTES):
         if notes.exists():
             text += "\n" + notes.read_text()
     return text

@@ -8,7 +8,8 @@ ones, and never in a cycle (`tests/roger/test_layers.py` checks both):
    process-wide default settings), `roger.record` (a job's data),
    `roger.registry`, `roger.message` (the JSON wire codec),
    `roger.callbacks`, `roger.control` (the control socket's protocol and
-   its `Client`), `roger.metrics` (what consumers count for Prometheus).
+   its `Client`), `roger.metrics` (what consumers count for Prometheus),
+   `roger.cron` (cron expressions and time zones).
 2. **amqp**: `roger.amqp`, talking to RabbitMQ: connections, queue and
    exchange names and declarations, confirmed publishing, RPC, frame I/O
    and the one service loop the node's AMQP processes run on.

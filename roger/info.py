@@ -16,19 +16,24 @@ flag (quorum queues also count the delivery in ``x-delivery-count``).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from roger import config, message
 from roger.amqp import broker, topology
 from roger.amqp.connection import QueueNotFound
-from roger.errors import BadMessage
+from roger.errors import BadMessage, BrokerError
 from roger.job import Job, UnregisteredJob
 from roger.node import system
-from roger.partition import settlement
+from roger.partition import coordination, settlement
+from roger.partition.periodic import Schedule
+from roger.partition.persister import load_persister
 from roger.settings import Settings
 
-__all__ = ["RejectedMessage", "buried_jobs", "nodes", "partitions", "queue_depths",
+__all__ = ["PeriodicInfo", "RejectedMessage", "buried_jobs", "nodes", "partitions", "periodic",
+           "queue_depths",
            "queued_jobs", "rejected_jobs", "running_jobs"]
 
 log = logging.getLogger(__name__)
@@ -272,3 +277,54 @@ def queue_depths(partition: str, queue: str, *, settings: Settings | None = None
         except QueueNotFound:
             out[remaining.pop(0)[0]] = None
     return out
+
+
+class PeriodicInfo(dict):
+    """One periodic entry as `periodic()` lists it: a dict whose keys also read as attributes.
+
+    Keys: the entry's settings (`name`, `cron`, `job`, `args`, `partition`,
+    `queue`, `timezone`), and `last_run` and `next_run`: aware datetimes in
+    UTC (`last_run` is None until the entry first fired; `next_run` is None
+    for an entry that never fires again).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def periodic(partition: str | None = None, *, settings: Settings | None = None,
+             timeout: float = 1.0) -> list[PeriodicInfo]:
+    """Every periodic entry of the cluster (or of `partition`), with its last and next run.
+
+    The entries are those of the partition's active coordinator, which
+    fires them; the partitions are those with entries in `settings` or on
+    any live node (asked within `timeout` seconds). A partition that no
+    coordinator serves is read from the persisted state with the entries
+    of `settings`.
+    """
+    settings = settings or config.get_settings()
+    names = {entry.partition for entry in settings.periodic}
+    for parts in system.gather(settings, "periodic", timeout).values():
+        names.update(parts)
+    if partition is not None:
+        names &= {partition}
+    out = []
+    for name in sorted(names):
+        try:
+            reply = coordination.request(settings, name, {"op": "periodic"},
+                                         max(timeout, 2.0))
+            entries = reply["entries"]
+        except (BrokerError, KeyError) as e:
+            log.info("no coordinator of %s answered (%s): reading its saved state", name, e)
+            saved = load_persister(settings).load(name) or {}
+            entries = Schedule(name, settings).listing(saved.get("periodic"), time.time())
+        out.extend(PeriodicInfo(entry, last_run=_utc(entry.get("last_run")),
+                                next_run=_utc(entry.get("next_run"))) for entry in entries)
+    return out
+
+
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,7 +45,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "describe_validation_error", "redact_url"]
+__all__ = ["PeriodicEntry", "Settings", "describe_validation_error", "redact_url"]
 
 DEFAULT_CONFIG_FILE = Path("roger.toml")
 DEFAULT_RETRY_LEVELS = [1, 3, 5, 10, 20, 35, 60, 100, 200, 400, 1000, 1800]
@@ -132,6 +140,27 @@ def _redact_one(url: str) -> str:
         return "<unparseable broker URL>"
 
 
+class PeriodicEntry(BaseModel):
+    """One entry of the `periodic` setting: a job enqueued on a cron schedule.
+
+    Only its shape is checked here; whether its cron expression, time zone,
+    job and partition are valid is checked when a node starts (the job's
+    module must be imported first): see `roger.partition.periodic.check`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$",
+                      description="Unique name; the schedule's state is kept under it.")
+    cron: str = Field(description='When: "0 3 * * *", 6 fields with seconds first, or @daily.')
+    job: str = Field(description='Registered job name, "module:QualName".')
+    args: Any = Field(default_factory=dict, description="The job's args (JSON values).")
+    partition: str = Field(description="Partition whose active coordinator enqueues it.")
+    queue: str | None = Field(None, description="Queue; None: the job's queue_type(args).")
+    timezone: str = Field("UTC", description='IANA time zone of the cron fields, e.g. '
+                                             '"Europe/Amsterdam".')
+
+
 class Settings(BaseSettings):
     """Every setting of roger, from flags, ``ROGER_*`` env, TOML and defaults."""
 
@@ -206,6 +235,12 @@ class Settings(BaseSettings):
     )
     max_message_bytes: int = Field(
         1_048_576, gt=0, description="Largest message body accepted, in bytes."
+    )
+    periodic: list[PeriodicEntry] = Field(
+        default_factory=list,
+        description='Jobs enqueued on a schedule, each slot once cluster-wide: [{"name": '
+                    '"nightly-report", "cron": "0 3 * * *", "job": "myapp.jobs:Report", '
+                    '"partition": "myapp"}] (args, queue, timezone optional).',
     )
     heartbeat: float = Field(10.0, ge=0, description="AMQP heartbeat in seconds; 0 disables.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection.")

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ def to_json(obj: Any) -> str:
             return dataclasses.asdict(value)
         if isinstance(value, Path):
             return str(value)
+        if isinstance(value, datetime):
+            return value.isoformat()
         return str(value)
 
     return json.dumps(obj, indent=2, default=default)
@@ -167,3 +170,25 @@ def rejected_text(entries: Sequence[Any]) -> str:
             for e in entries]
     text = table(("ID", "NAME", "REASON", "ARGS OR BODY", "ERROR"), rows) if rows else ""
     return f"{text}\n({len(rows)} rejected messages)".lstrip("\n")
+
+
+def periodic_text(entries: Sequence[Any]) -> str:
+    """`roger.info.periodic()`: each entry with its last and next run, in its time zone."""
+    def at(value: datetime | None, zone: str) -> str | None:
+        if value is None:
+            return None
+        try:
+            from zoneinfo import ZoneInfo
+
+            value = value.astimezone(ZoneInfo(zone))
+        except (ValueError, KeyError):  # an unknown zone: show UTC
+            pass
+        return value.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    rows = [[e["name"], e["partition"], e["cron"], e["timezone"], e["job"], e["queue"],
+             at(e["last_run"], e["timezone"]), at(e["next_run"], e["timezone"])]
+            for e in entries]
+    if not rows:
+        return "no periodic jobs"
+    return table(("NAME", "PARTITION", "CRON", "TIMEZONE", "JOB", "QUEUE", "LAST RUN",
+                  "NEXT RUN"), rows)

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from roger.cli.format import (
     jobs_text,
     partitions_text,
+    periodic_text,
     rejected_text,
     running_text,
     status_text,
@@ -80,6 +81,9 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
                    help='partitions to serve, e.g. \'{"myapp": {"default": 10}}\'')
     g.add_argument("--imports", type=lambda s: s.split(","), metavar="MOD,MOD",
                    help="modules defining job classes")
+    g.add_argument("--periodic", type=json.loads, metavar="JSON",
+                   help='periodic jobs, e.g. \'[{"name": "nightly", "cron": "0 3 * * *", '
+                        '"job": "myapp.jobs:Report", "partition": "myapp"}]\'')
     g.add_argument("--node-name")
     g.add_argument("--shutdown-timeout", type=float, metavar="SECONDS")
     g.add_argument("--callbacks", metavar="MODULE:ATTR")
@@ -148,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_enqueue(sub)
     _add_info(sub)
     _add_cluster_ops(sub)
+    _add_periodic(sub)
     _add_queue_admin(sub)
     _add_demo(sub)
     return p
@@ -230,6 +235,13 @@ def _add_cluster_ops(sub: Any) -> None:
         c.add_argument("partition", help=ARG_HELP["partition"])
         second = "job_id" if cmd == "cancel" else "queue"
         c.add_argument(second, help=ARG_HELP[second])
+
+
+def _add_periodic(sub: Any) -> None:
+    periodic = _command(sub, "periodic", "periodic jobs of the cluster with their last and "
+                        "next run", ["roger periodic", "roger periodic myapp --json"],
+                        _cmd_periodic, parents=[_common()])
+    periodic.add_argument("partition", nargs="?", help="only this partition")
 
 
 def _add_queue_admin(sub: Any) -> None:
@@ -359,6 +371,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
         jobs = _feature(roger.info, "queued_jobs", "info queued")(
             args.partition, args.queue, args.limit)
         print(to_json(jobs) if args.json else jobs_text(jobs, "queued jobs"))
+    return 0
+
+
+def _cmd_periodic(args: argparse.Namespace) -> int:
+    import roger
+
+    _configured(args)
+    entries = _feature(roger.info, "periodic", "periodic")(args.partition)
+    print(to_json(entries) if args.json else periodic_text(entries))
     return 0
 
 

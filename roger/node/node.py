@@ -20,6 +20,7 @@ from roger.node import root as root_requests
 from roger.node.control_server import control_spec
 from roger.node.root import CALL_TIMEOUT, Root
 from roger.node.system import system_spec
+from roger.partition import periodic
 from roger.settings import Settings
 from supervision import Supervisor, SupervisorAPI, SupervisorHandle
 
@@ -90,6 +91,8 @@ class Node:
         # Import job modules once in the root: typos fail the node at start,
         # and every forked process shares the imported code.
         registry.import_modules(self.settings.imports)
+        # Periodic entries name job classes: checked once those are imported.
+        periodic.check(self.settings)
         connection.warm_up(self.settings)
         # A live node on our control socket (or a path too long for one)
         # fails here, in the caller, with a clear ControlError.

@@ -121,6 +121,8 @@ class System(Service):
 
     def _answer(self, body: dict) -> Any:
         cmd = body.get("cmd")
+        if cmd == "periodic":  # the partitions this node has periodic entries for
+            return sorted({entry.partition for entry in self.settings.periodic})
         status = root.node_status(supervision.parent(), STATUS_TIMEOUT)
         if cmd == "status":
             return status

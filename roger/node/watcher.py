@@ -158,6 +158,15 @@ class Watcher(Service):
             log.warning("no state for %d partitions within %g s; their queues are "
                         "watched once it comes", len(self.asked), bound)
 
+    def timeout(self) -> float:
+        # The hosted coordinators' periodic slots (see roger.partition.periodic).
+        waits = [w for core in self.cores.values() if (w := core.wake_in()) is not None]
+        return min([super().timeout(), *waits])
+
+    def on_turn(self, ready: set[Any]) -> None:
+        for core in list(self.cores.values()):
+            core.on_turn()
+
     # ---------------------------------------------------------------- the plan
 
     def handle_call(self, payload: Any) -> Any:

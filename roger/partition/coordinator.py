@@ -31,6 +31,11 @@ partition's fanout exchange ``<prefix>.<partition>.events``.
 Consumers talk to it through `roger.partition.coordinator_link`, every
 other process through `roger.partition.coordination`; the state itself is
 `roger.partition.state`.
+
+The active coordinator also enqueues the partition's periodic jobs, each
+slot once (`roger.partition.periodic`, driven by
+`roger.partition.periodic_driver`): its host's loop gives the core a turn
+at each slot (`wake_in`, `on_turn`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import amqp
 
 from roger.amqp import publish, topology
 from roger.amqp.service import Service
+from roger.partition.periodic_driver import PeriodicDriver
 from roger.partition.persister import load_persister
 from roger.partition.state import State
 from roger.settings import Settings
@@ -109,6 +115,14 @@ class Coordinator(Service):
             return self.core.status()
         return super().handle_call(payload)
 
+    def timeout(self) -> float:
+        wake = self.core.wake_in() if self.core is not None else None
+        return super().timeout() if wake is None else min(super().timeout(), wake)
+
+    def on_turn(self, ready: set[Any]) -> None:
+        if self.core is not None:
+            self.core.on_turn()
+
 
 class CoordinatorCore:
     """Serves ``<partition>.global``: requests in order, one at a time, no locks.
@@ -129,6 +143,7 @@ class CoordinatorCore:
         self.ctag: str | None = None
         self.queue = topology.global_queue_name(partition)
         self.exchange = topology.events_exchange_name(settings, partition)
+        self.periodic = PeriodicDriver(self)
 
     def __repr__(self) -> str:
         role = "active" if self.active else "standby" if self.ctag else "unsubscribed"
@@ -143,6 +158,7 @@ class CoordinatorCore:
         # then (see the module doc).
         self.ctag = self.channels.requests.basic_consume(
             self.queue, callback=self.defer(self.on_request))
+        self.periodic.start()
 
     def unsubscribe(self) -> None:
         """Leave: the next consumer in line becomes active and loads the saved state."""
@@ -156,6 +172,14 @@ class CoordinatorCore:
         delayed = self.state.delayed_counts(time.time()) if self.active else {}
         return {"active": self.active, "queue_keys": len(self.state.queue_keys),
                 "paused": sorted(self.state.paused), "delayed": delayed}
+
+    def wake_in(self) -> float | None:
+        """Seconds until this core needs a turn (its next periodic slot), or None."""
+        return self.periodic.timeout()
+
+    def on_turn(self) -> None:
+        """The host's loop turn: fire, or tick, when a periodic slot has come."""
+        self.periodic.on_turn()
 
     # ------------------------------------------------------------------ requests
 
@@ -171,6 +195,7 @@ class CoordinatorCore:
             self.active = True
             log.info("[%s] coordinator active on this node (%d queue keys, %d paused)",
                      self.partition, len(self.state.queue_keys), len(self.state.paused))
+            self.periodic.catch_up()  # what came due while none was active
         try:
             request = json.loads(msg.body)
             op = request["op"]
@@ -192,6 +217,10 @@ class CoordinatorCore:
                 exchange="", routing_key=reply_to)
         self.channels.requests.basic_ack(msg.delivery_tag)
 
+    def save(self) -> None:
+        """Persist the state (after expiring what is due): before any reply or publish."""
+        self._save()
+
     def _save(self) -> None:
         now = time.time()
         self.state.expire(now)
@@ -211,6 +240,16 @@ class CoordinatorCore:
         self.channels.publish.basic_publish(
             amqp.Message(json.dumps(event), content_type="application/json"),
             exchange=self.exchange, routing_key="")
+
+    def op_tick(self, request: dict) -> dict:
+        """A slot came on some node: fire what is due (see `roger.partition.periodic`)."""
+        self.periodic.fire_due(time.time())
+        return {"ok": True}
+
+    def op_periodic(self, request: dict) -> dict:
+        """The partition's periodic entries with their last and next run (epoch seconds)."""
+        return {"ok": True, "entries": self.periodic.schedule.listing(self.state.periodic,
+                                                                      time.time())}
 
     def op_state(self, request: dict) -> dict:
         return {"ok": True, "paused": sorted(self.state.paused),

@@ -36,13 +36,17 @@ class State:
     claimed_at: dict[str, float] = field(default_factory=dict)  # queue key -> when (epoch s)
     # queue -> {end of a due-time bucket (epoch s): delayed jobs due in it}
     delayed: dict[str, dict[int, int]] = field(default_factory=dict)
+    # periodic entry name -> {"covered": epoch s, "last": epoch s or None}
+    # (see roger.partition.periodic)
+    periodic: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"queue_keys": self.queue_keys, "exec_holders": self.exec_holders,
                 "exec_waiting": self.exec_waiting, "cancelled": self.cancelled,
                 "paused": sorted(self.paused), "claimed_at": self.claimed_at,
                 "delayed": {q: {str(end): n for end, n in buckets.items()}
-                            for q, buckets in self.delayed.items()}}
+                            for q, buckets in self.delayed.items()},
+                "periodic": self.periodic}
 
     @classmethod
     def from_dict(cls, data: dict | None, now: float) -> State:
@@ -59,7 +63,8 @@ class State:
         return cls(queue_keys, dict(data.get("exec_holders", {})),
                    dict(data.get("exec_waiting", {})), dict(data.get("cancelled", {})),
                    set(data.get("paused", [])),
-                   {key: float(claimed_at.get(key, now)) for key in queue_keys}, delayed)
+                   {key: float(claimed_at.get(key, now)) for key in queue_keys}, delayed,
+                   {name: dict(record) for name, record in data.get("periodic", {}).items()})
 
     # ---- queue keys
 

@@ -222,10 +222,12 @@ class PartitionSupervisor:
         """The queues' consumer statuses, and the coordinator's."""
         out: dict[str, Any] = {}
         coordinator_status: dict[str, Any] = {}
+        coordinator_pid = None
         for child in self.sup.which_children():
             if child.id == coordinator.CHILD_ID:
                 coordinator_status = self._ask(child, lambda: coordinator.status(
                     self.sup, STATUS_TIMEOUT))
+                coordinator_pid = child.pid
                 continue
             if child.id not in self.queues or child.id in self.idle:
                 continue
@@ -241,7 +243,8 @@ class PartitionSupervisor:
             out[child.id] = info
         for queue in self.idle:  # the node fills in what its watcher knows
             out[queue] = idle_status(queue, self.queues[queue])
-        return {"queues": out, "coordinator": coordinator_status, "idle": sorted(self.idle)}
+        return {"queues": out, "coordinator": coordinator_status, "idle": sorted(self.idle),
+                "coordinator_pid": coordinator_pid}
 
     @staticmethod
     def _ask(child: Any, call: Any) -> dict:

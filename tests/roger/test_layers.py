@@ -15,7 +15,7 @@ from tests.helpers import ROOT
 LAYERS = [
     ("base", ("roger.errors", "roger.settings", "roger.config", "roger.record",
               "roger.registry", "roger.message", "roger.callbacks", "roger.control",
-              "roger.due", "roger.metrics")),
+              "roger.cron", "roger.due", "roger.metrics")),
     ("amqp", ("roger.amqp",)),
     ("partition", ("roger.partition",)),
     ("node", ("roger.node",)),
