@@ -5,10 +5,12 @@ management API is not assumed to be there). So:
 
 - ``ready``: the main queue's depth;
 - ``buried`` and ``rejected``: the depth of ``.buried`` and ``.rejected``;
-- ``delayed``: messages waiting for a time before they run, summed over the
-  queues `delayed_queues` names (today the retry queues; see there). A
-  retry queue is declared at the queue's first retry; one found missing is
-  looked for again after `MISSING_RECHECK` seconds;
+- ``delayed``: jobs waiting for a time before they run: those in the retry
+  queues `delayed_queues` names (a retry queue is declared at the queue's
+  first retry; one found missing is looked for again after
+  `MISSING_RECHECK` seconds), plus the jobs delayed with ``delay=``/``at=``,
+  which wait in delay levels shared by all partitions: the partition's
+  active coordinator counts those (one request per partition and read);
 - ``unacked`` is not here: consumers report what they hold (`roger.metrics`).
 
 One thread of the metrics process reads them, on its own connection, when a
@@ -24,7 +26,7 @@ import logging
 import threading
 import time
 
-from roger.amqp import topology
+from roger.amqp import rpc, topology
 from roger.amqp.broker import Broker
 from roger.amqp.connection import QueueNotFound
 from roger.errors import BrokerError
@@ -113,25 +115,50 @@ class QueueGauges:
         with self._lock:
             wanted = [(p, q) for p, qs in sorted(self.wanted.items()) for q in qs]
         start = self.cursor % len(wanted) if wanted else 0
+        waiting: dict[str, dict[str, int]] = {}
         for i, (p, q) in enumerate(wanted[start:] + wanted[:start]):
             if time.monotonic() > deadline:
                 self.cursor = start + i
                 log.warning("reading queue depths took over %g s; %d queues keep their last "
                             "values until the next read", BUDGET, len(wanted) - i)
                 return
-            values = self._read_queue(p, q)
+            if p not in waiting:
+                waiting[p] = self._delayed_jobs(p)
+            values = self._read_queue(p, q, waiting[p])
             with self._lock:
                 self.values[(p, q)] = values
         self.cursor = 0
         self.read_at = time.monotonic()
 
-    def _read_queue(self, partition: str, queue: str) -> dict[str, int]:
+    def _read_queue(self, partition: str, queue: str, waiting: dict[str, int]
+                    ) -> dict[str, int]:
         main = topology.queue_name(partition, queue)
         delayed = delayed_queues(self.settings, partition, queue)
         depths = self._depths([main, topology.buried_queue_name(partition, queue),
                                topology.rejected_queue_name(partition, queue), *delayed])
         return {"ready": depths[0], "buried": depths[1], "rejected": depths[2],
-                "delayed": sum(depths[3:])}
+                "delayed": sum(depths[3:]) + waiting.get(queue, 0)}
+
+    def _delayed_jobs(self, partition: str) -> dict[str, int]:
+        """The partition's jobs delayed with delay=/at= and not yet due, per queue.
+
+        Asked of its active coordinator (wherever it runs, the watcher's
+        included); {} when none answers in `IO_TIMEOUT`: the gauge then shows
+        the retry queues only, until the next read.
+        """
+        name = topology.global_queue_name(partition)
+        if time.monotonic() - self.missing.get(name, -MISSING_RECHECK) < MISSING_RECHECK:
+            return {}
+        try:
+            with self.broker.channel() as channel:
+                reply = rpc.call(channel, name, {"op": "delayed_counts"}, IO_TIMEOUT)
+        except BrokerError as e:
+            log.debug("[%s] no delayed counts: %s", partition, e)
+            self.missing[name] = time.monotonic()
+            return {}
+        counts = reply.get("delayed") if reply.get("ok") else None
+        return {q: n for q, n in counts.items() if isinstance(n, int)} \
+            if isinstance(counts, dict) else {}
 
     def _depths(self, names: list[str]) -> list[int]:
         """Each queue's ready messages; 0 for a queue that does not exist (yet)."""

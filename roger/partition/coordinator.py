@@ -256,6 +256,10 @@ class CoordinatorCore:
                 "cancelled": list(self.state.cancelled),
                 "cancelled_until": self.state.cancelled}
 
+    def op_delayed_counts(self, request: dict) -> dict:
+        """The partition's delayed jobs not yet due, per queue (for the metrics' gauges)."""
+        return {"ok": True, "delayed": self.state.delayed_counts(time.time())}
+
     def op_delayed(self, request: dict) -> dict:
         # A producer delayed jobs: {"due": ms since the epoch, "counts": {queue: n}}.
         self.state.add_delayed(request["counts"], request["due"] / 1000, time.time())

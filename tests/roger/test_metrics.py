@@ -26,7 +26,7 @@ from roger.node.exposition import Exposition, respond
 from roger.node.metrics_server import MAX_CONNECTIONS
 from roger.node.metrics_store import Snapshot
 from tests.helpers import ROOT, wait_for
-from tests.roger.support import BROKER, delete_queues
+from tests.roger.support import BROKER, delete_delay_levels, delete_queues
 from tests.roger.websupport import queue_of
 
 DASHBOARD = ROOT / "docs" / "grafana-roger.json"
@@ -427,3 +427,23 @@ def test_the_status_page_serves_metrics_on_its_port_and_rates_from_the_same_coun
             return q if q and q["done_per_second"] and q["failed_per_second"] else None
         queue = wait_for(rates, timeout=30, what="done and failed rates on the page")
         assert queue["done_per_second"] > 0 and queue["failed_per_second"] > 0
+
+
+def test_jobs_delayed_with_delay_count_as_delayed_until_due(make_settings, partition, out):
+    # Its own prefix: the delay levels (and the jobs in them) go with the test.
+    prefix = f"m{partition}"
+    port = free_port()
+    settings = make_settings(partitions={partition: {"default": 1}}, metrics_port=port,
+                             system_exchange_prefix=prefix)
+    try:
+        with Node(settings):
+            roger.enqueue_many([testjobs.Record.create({"out": out}) for _ in range(2)],
+                               partition, delay=3600)
+            delayed = dict(partition=partition, queue="default", state="delayed")
+            wait_for(lambda: value(scrape(port), "roger_queue_messages", **delayed) == 2,
+                     timeout=15, what="the two delayed jobs counted")
+            for node in roger.info.partitions(settings=settings).values():
+                assert node["running"][partition]["default"]["delayed"] == 2  # the same figure
+    finally:
+        delete_delay_levels(prefix)
+        delete_queues([], [f"{prefix}.system", f"{prefix}.{partition}.events"])
