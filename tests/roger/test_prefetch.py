@@ -17,8 +17,10 @@ def test_prefetched_jobs_wait_in_order_and_are_listed_as_queued(make_settings, p
     # tail, so only a classic queue keeps the order across the pause below.
     settings = make_settings(partitions={partition: {"default": 1}}, prefetch_multiplier=3,
                              queue_type="classic")
+    gate = f"{out}.gate"  # the first job runs until the test opens it
     with Node(settings):
-        jobs = [Record.create({"out": out, "sleep": 1.0, "i": i}).enqueue(partition)
+        jobs = [Record.create({"out": out, "i": i, **({"until": gate} if i == 0 else {})}
+                              ).enqueue(partition)
                 for i in range(5)]
         wait_for(lambda: events(out, "start"), what="the first job to start")
         # One runs, two wait in the consumer (prefetch 3), two in the queue.
@@ -32,6 +34,7 @@ def test_prefetched_jobs_wait_in_order_and_are_listed_as_queued(make_settings, p
         assert [j.id for j in roger.info.queued_jobs(partition, "default")] == \
             [j.id for j in jobs[1:]]
         roger.resume(partition, "default")
+        open(gate, "w").close()
         wait_for(lambda: len(events(out, "end")) == 5, timeout=30, what="every job")
     assert [e["id"] for e in events(out, "start")] == [j.id for j in jobs]
 

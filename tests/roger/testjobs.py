@@ -44,7 +44,9 @@ def ends(path: str | Path) -> list[dict]:
 
 
 class Record(Job):
-    """Records its start and end; sleeps `sleep` seconds in between."""
+    """Records its start and end; sleeps `sleep` seconds in between, or waits (up to a
+    minute) until the file `until` exists: a gate the test opens when it has seen
+    what it needs, instead of a race against a sleep."""
 
     def perform(self, args):
         start = time.time()
@@ -52,6 +54,10 @@ class Record(Job):
                retry_count=self.retry_count)
         if args.get("sleep"):
             time.sleep(args["sleep"])
+        if args.get("until"):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(args["until"]) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the test is another process: a file is the signal
         record(args["out"], event="end", id=self.id, pid=os.getpid(), t=time.time(),
                retry_count=self.retry_count, redelivered=self.redelivered)
 
