@@ -65,7 +65,7 @@ class Broker:
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None else "not connected"
-        return f"<Broker {self.settings.safe_broker_url()} {state}>"
+        return f"<Broker {self.settings.safe_broker_url} {state}>"
 
     # -- public operations
 
