@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -137,6 +138,35 @@ class RabbitCluster:
         """Boot node `i` again on its own data directory; it rejoins the cluster."""
         self.nodes[i].start()
 
+    def restart_gracefully(self, i: int) -> float:
+        """``rabbitmqctl stop`` node `i`, then boot it again; returns the seconds it took."""
+        started = time.monotonic()
+        node = self.nodes[i]
+        node.ctl("stop", timeout=120)
+        proc, node.proc = node.proc, None
+        if proc is not None:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        node.start()
+        self.wait_running()
+        return time.monotonic() - started
+
+    def await_quorum_safe(self, i: int, timeout: float = 120.0) -> bool:
+        """Until stopping node `i` leaves every quorum queue a majority (what a rolling
+        upgrade checks between nodes); False if that did not happen within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.nodes[i].run("rabbitmq-queues", "check_if_node_is_quorum_critical",
+                                     timeout=60, check=False)
+            if done.returncode == 0:
+                return True
+            time.sleep(1.0)
+        return False
+
     def alive(self, i: int) -> bool:
         proc = self.nodes[i].proc
         return proc is not None and proc.poll() is None
@@ -187,6 +217,17 @@ class RabbitCluster:
             parts = line.split("\t")
             if len(parts) == 3 and parts[1].strip() == "quorum" and marker in parts[0]:
                 found[parts[0].strip()] = parts[2].strip()
+        return found
+
+    def queue_stats(self, marker: str = "") -> dict[str, tuple[int, str]]:
+        """Queue name -> (messages, leader node) for the queues whose name has `marker`."""
+        out = self.any_node().ctl("list_queues", "-q", "--no-table-headers", "name",
+                                  "messages", "leader", timeout=120)
+        found = {}
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) == 3 and marker in parts[0] and parts[1].isdigit():
+                found[parts[0]] = (int(parts[1]), parts[2])
         return found
 
     def members(self, queue: str) -> list[str]:

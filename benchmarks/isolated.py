@@ -227,7 +227,8 @@ class IsolatedRabbit(RabbitNode):
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
                 "-kernel inet_dist_use_interface {127,0,0,1}",
         }
-        tools = {t: script(t) for t in ("rabbitmqctl", "rabbitmq-diagnostics")}
+        tools = {t: script(t) for t in ("rabbitmqctl", "rabbitmq-diagnostics",
+                                          "rabbitmq-queues")}
         super().__init__(f"amqp://guest:guest@127.0.0.1:{amqp_port}//", node, env,
                          label=f"isolated RabbitMQ ({node}, port {amqp_port})", tools=tools)
         self.port = amqp_port
