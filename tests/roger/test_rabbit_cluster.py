@@ -16,6 +16,8 @@ import pytest
 from testjobs import Keyed, Record, ends, events
 
 import roger
+from benchmarks.chaos import ChaosConfig, run
+from benchmarks.chaos.config import CLUSTER_SHORT_KINDS
 from benchmarks.cluster import RabbitCluster
 from roger import Node
 from roger.amqp.connection import connect, rotated_urls
@@ -143,3 +145,18 @@ def test_keys_pause_and_cancel_hold_while_the_leaders_move(cluster, on_cluster, 
         starts = {e["id"]: e["t"] for e in events(out, "start")}
         assert starts[b["id"]] >= a["t"]  # one execution key: one after the other
         Keyed.create({"out": out, "qkey": "q1"}).enqueue(partition)  # key released
+
+
+@pytest.mark.timeout(420)  # bounded waits inside; this only guards against a hang
+def test_no_confirmed_job_is_lost_under_broker_node_faults(cluster, tmp_path):
+    """The short ledger run on the cluster (``python -m benchmarks.chaos --short --cluster``)."""
+    report = run(ChaosConfig.short_cluster(tmp_path / "chaos"), cluster=cluster)
+    table = report.render()
+    print(table)  # shown with -s, and by pytest on failure
+    assert report.injected_kinds == set(CLUSTER_SHORT_KINDS), table
+    assert report.confirmed >= report.cfg.jobs, table
+    assert report.lost == 0, table
+    assert report.still_queued == 0, table
+    assert report.recovered, table
+    assert report.done_once + report.duplicated + report.dead == report.confirmed, table
+    assert "unexplained" not in report.dup_causes, table
