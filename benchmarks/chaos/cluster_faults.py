@@ -9,17 +9,31 @@ queue went without a completion around each broker node fault.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.chaos.config import BROKER_NODE_FAULTS, ROLLING_RESTART
+import kombu
+
+from benchmarks.chaos.config import (
+    BROKER_FREEZE,
+    BROKER_NODE_FAULTS,
+    CLOSE_CONNECTIONS,
+    MEMORY_ALARM,
+    ROLLING_RESTART,
+)
 from benchmarks.chaos.faults import Fault, Injector, Run, Skip
 from benchmarks.chaos.ledger import Ledger
+from benchmarks.chaos.nodes import wait_until
 from benchmarks.cluster import RabbitCluster
 
-BACKLOG = 300  # jobs published at once to give a queue a backlog before its leader stops
+BACKLOG = (200, 2000)  # jobs published at once for a backlog: jobs / 5, within these
 # A queue's completions are looked at from the fault's start to this long after its end.
 SETTLE = 10.0
+# The faults whose window lasts until roger is whole again, and how long that may take.
+BROKER_WIDE = BROKER_NODE_FAULTS | {CLOSE_CONNECTIONS, MEMORY_ALARM}
+RECOVERY = 60.0
 
 
 class ClusterInjector(Injector):
@@ -31,10 +45,32 @@ class ClusterInjector(Injector):
         self.restarts: list[float] = []  # seconds each node restart took (rolling restarts)
 
     def broker_all(self, *args: str) -> None:
-        """``rabbitmqctl args`` on every node of the cluster that answers."""
-        for i, node in enumerate(self.cluster.nodes):
-            if self.cluster.alive(i) and i not in self.cluster.frozen:
-                node.ctl(*args)
+        """``rabbitmqctl args`` on every node of the cluster that answers, all at once.
+
+        In turn, a command that closes connections would chase them from
+        node to node as they reconnect, one long fault instead of one.
+        """
+        nodes = [node for i, node in enumerate(self.cluster.nodes)
+                 if self.cluster.alive(i) and i not in self.cluster.frozen]
+        with ThreadPoolExecutor(len(nodes) or 1) as pool:
+            for done in [pool.submit(node.ctl, *args) for node in nodes]:
+                done.result()
+
+    def inject(self, kind: str) -> Fault:
+        """Strike, then wait (bounded) until both roger nodes serve every queue again.
+
+        The fault's window runs until then: jobs rerun while roger recovers
+        from it are its doing.
+        """
+        fault = super().inject(kind)
+        if fault.injected and kind in BROKER_WIDE:
+            began = time.monotonic()
+            healthy = wait_until(
+                lambda: all(n.healthy(self.run.partitions) for n in self.run.nodes), RECOVERY)
+            fault.end = time.time()
+            fault.note += (f"; roger whole again {time.monotonic() - began:.0f} s later"
+                           if healthy else f"; roger NOT whole within {RECOVERY:g} s")
+        return fault
 
     def _down_for(self) -> float:
         return self.rng.uniform(*self.cfg.down_for)
@@ -74,13 +110,16 @@ class ClusterInjector(Injector):
         if not stats:
             raise Skip("no main queue found")
         name = max(stats, key=lambda n: stats[n][0])
-        if stats[name][0] < BACKLOG // 2:  # make one: a burst of quick ledger jobs
+        leader = stats[name][1]
+        want = max(BACKLOG[0], min(BACKLOG[1], self.cfg.jobs // 5))
+        if stats[name][0] < want // 2:
+            # Make one: a burst of quick ledger jobs, more than the workers run
+            # in the time it takes to publish them and strike.
             p, q = mains[name]
-            burst = [self.run.ledger.make(p, q, 0.01) for _ in range(BACKLOG)]
+            burst = [self.run.ledger.make(p, q, 0.01) for _ in range(want)]
             if not self.run.ledger.publish(burst, self.run.producer_settings, give_up=60.0):
                 raise Skip("could not publish the backlog")
-            stats = self.cluster.queue_stats(name)
-        backlog, leader = stats[name]
+        backlog = self._depth(name)
         i = self.cluster.index(leader)
         down = self._down_for()
         self._strike()
@@ -90,6 +129,14 @@ class ClusterInjector(Injector):
         finally:
             self.cluster.start_app(i)
         return self._name(i), f"leader of {name} ({backlog} queued); stop_app, down {down:.0f} s"
+
+    def _depth(self, queue: str) -> int | str:
+        """Messages ready in `queue` now (a passive declare: milliseconds, not a CLI call)."""
+        try:
+            with kombu.Connection(self.cfg.broker_url, connect_timeout=5) as conn:
+                return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
+        except Exception:
+            return "?"
 
     def _broker_freeze(self) -> tuple[str, str]:
         i = self.rng.randrange(len(self.cluster.nodes))
@@ -139,34 +186,54 @@ class ClusterInjector(Injector):
 
 def completion_pauses(faults: list[Fault], ledger: Ledger,
                       goal: float, restarts: list[float]) -> list[tuple[Fault, str, float, float]]:
-    """For each broker node fault: (fault, queue, longest pause, goal).
+    """For each broker node fault: (fault, queue, longest stall, goal).
 
-    A queue's pause is the longest time without one of its jobs completing,
-    from the fault's start to `SETTLE` seconds after its end; the queue
-    whose pause is longest is named. The goal of a node fault is `goal`
-    (2 x heartbeat + connect timeout); a rolling restart's is the longest
-    single node restart (no partition waits longer than one node's restart).
+    A queue stalls while it has work (a confirmed job not yet run) and
+    completes nothing: between two completions ``a < b`` it stalled from
+    ``a``, or from when the oldest job still waiting at ``b`` was confirmed
+    if later (before that the queue was merely empty, as when the producer
+    holds back its last jobs). Looked at from the fault's start to `SETTLE`
+    seconds after its end, plus the first completion beyond (a stall may
+    outlast the window); the queue with the longest stall is named. The
+    goal of a node fault is `goal` (2 x heartbeat + connect timeout); a
+    rolling restart's is the longest single node restart; a frozen node has
+    none (NaN): it is not dead, and is only given up after 2 heartbeats.
     """
-    by_queue: dict[str, list[float]] = defaultdict(list)
-    for runs in ledger.completions.values():
-        for c in runs:
-            by_queue[f"{c.partition}-{c.queue}"].append(c.t)
-    for times in by_queue.values():
-        times.sort()
+    queues: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (done at, confirmed at)
+    for job_id, runs in ledger.completions.items():
+        for i, c in enumerate(sorted(runs, key=lambda c: c.t)):
+            # A rerun waits for nothing: it is progress, not pending work.
+            waited = ledger.confirmed_at.get(job_id, c.t) if i == 0 else c.t
+            queues[f"{c.partition}-{c.queue}"].append((c.t, waited))
     out = []
     for f in faults:
         if not f.injected or f.kind not in BROKER_NODE_FAULTS:
             continue
         worst, where = 0.0, "-"
-        for queue, times in by_queue.items():
-            after = [t for t in times if t > f.start]
-            # ...and the first completion past the window: a stall may outlast it.
-            window = [f.start] + [t for t in after if t <= f.end + SETTLE] + \
-                [t for t in after if t > f.end + SETTLE][:1]
-            gaps = [b - a for a, b in zip(window, window[1:], strict=False)]
-            if gaps and max(gaps) > worst:
-                worst, where = max(gaps), queue
+        for queue, done in queues.items():
+            stall = _longest_stall(sorted(done), f.start, f.end + SETTLE)
+            if stall > worst:
+                worst, where = stall, queue
         target = max(restarts) if f.kind == ROLLING_RESTART and restarts else goal
+        if f.kind == BROKER_FREEZE:  # not dead: its connections live until 2 missed heartbeats
+            target = math.nan
         out.append((f, where, worst, target))
     return out
 
+
+def _longest_stall(done: list[tuple[float, float]], start: float, end: float) -> float:
+    """The longest stall in `done` (sorted (done at, confirmed at)) from `start` to `end`."""
+    oldest = float("inf")  # the oldest confirm among the jobs done at or after each point
+    waiting_from = [0.0] * len(done)
+    for i in range(len(done) - 1, -1, -1):
+        oldest = min(oldest, done[i][1])
+        waiting_from[i] = oldest
+    worst, previous = 0.0, start
+    for i, (t, _) in enumerate(done):
+        if t <= start:
+            continue
+        worst = max(worst, t - max(previous, waiting_from[i]))
+        previous = t
+        if t > end:  # the first completion past the window ends it
+            break
+    return worst

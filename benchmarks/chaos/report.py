@@ -176,8 +176,12 @@ class Report:
         lines = ["", "| t (s) | broker node fault | target | longest pause in a queue's "
                  "completions | goal | met |", "| ---: | --- | --- | --- | ---: | --- |"]
         for f, queue, pause, goal in self.pauses:
+            shown, met = ("-", "-") if goal != goal else (  # NaN: no goal
+                f"{goal:.1f} s", "yes" if pause <= goal else "NO")
             lines.append(f"| {f.start - self.t0:.0f} | {f.kind} | {f.target} | {pause:.1f} s "
-                         f"({queue}) | {goal:.1f} s | {'yes' if pause <= goal else 'NO'} |")
-        lines.append("Goal: 2 x heartbeat + connect timeout for a node fault; for the "
-                     "rolling restart, the longest single node restart.")
+                         f"({queue}) | {shown} | {met} |")
+        lines.append("A queue's pause: the longest time it had a confirmed job waiting and "
+                     "completed none, from the fault until 10 s after roger was whole again. "
+                     "Goal: 2 x heartbeat + connect timeout for a node that dies or stops; for "
+                     "the rolling restart, the longest single node restart.")
         return lines
