@@ -16,12 +16,13 @@ import pytest
 from testjobs import Keyed, Record, ends, events
 
 import roger
+from benchmarks import procs
 from benchmarks.chaos import ChaosConfig, run
 from benchmarks.chaos.config import CLUSTER_SHORT_KINDS
 from benchmarks.cluster import RabbitCluster
 from roger import Node
 from roger.amqp.connection import connect, rotated_urls
-from tests.helpers import wait_for
+from tests.helpers import alive, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -44,7 +45,15 @@ def cluster(rabbit_cluster: RabbitCluster):
         rabbit_cluster.thaw(i)
         if not rabbit_cluster.alive(i):
             rabbit_cluster.restart(i)
-    rabbit_cluster.wait_running()
+    try:
+        rabbit_cluster.wait_running(30.0)
+    except Exception:  # a node cut off too long rejoins only when booted again
+        running = rabbit_cluster.running_nodes()
+        for i, node in enumerate(rabbit_cluster.nodes):
+            if node.name not in running:
+                rabbit_cluster.kill(i)
+                rabbit_cluster.restart(i)
+        rabbit_cluster.wait_running()
     for i in range(len(rabbit_cluster.nodes)):  # an app stopped by the test
         rabbit_cluster.nodes[i].run("rabbitmqctl", "start_app", timeout=120, check=False)
     rabbit_cluster.wait_running()
@@ -54,8 +63,10 @@ def cluster(rabbit_cluster: RabbitCluster):
 def on_cluster(cluster, make_settings):
     """`make_settings` aimed at the cluster, with short heartbeat and connect timeouts."""
     def make(**fields):
+        # A publish waiting for confirms sends no heartbeat: confirm_timeout stays
+        # below 2 heartbeats, or RabbitMQ drops the producer's connection first.
         return make_settings(broker_url=cluster.urls, heartbeat=2.0, connect_timeout=2.0,
-                             **fields)
+                             confirm_timeout=3.0, **fields)
     return make
 
 
@@ -104,6 +115,40 @@ def test_a_broker_node_killed_under_load_loses_no_job(cluster, on_cluster, parti
         wait_for(lambda: running(node, partition), timeout=60, what="the partition running")
         # A job whose ack died with the node ran again: at least once, never lost.
         assert set(Counter(e["id"] for e in ends(out))) == {j.id for j in sent}
+
+
+def consumer_broker_node(cluster: RabbitCluster, node: Node, partition: str) -> int | None:
+    """The index of the broker node the consumer of `partition`'s default queue talks to."""
+    pid = node.status()["running"][partition]["queues"]["default"].get("pid")
+    for i, rabbit in enumerate(cluster.nodes):
+        if pid and procs.tcp_client_ports([pid], rabbit.port):
+            return i
+    return None
+
+
+def test_a_consumer_gives_up_a_frozen_broker_node_and_comes_back(cluster, on_cluster,
+                                                                 partition, out):
+    with Node(on_cluster(partitions={partition: {"default": 2}})) as node:
+        Record.create({"out": out}).enqueue(partition)
+        wait_for(lambda: ends(out), timeout=30, what="the first job")
+        wait_for(lambda: consumer_broker_node(cluster, node, partition) is not None,
+                 what="the consumer's broker node")
+        frozen = consumer_broker_node(cluster, node, partition)
+        consumer = node.status()["running"][partition]["queues"]["default"]["pid"]
+        cluster.freeze(frozen)
+        try:
+            # After 2 missed heartbeats the consumer ends, without waiting for a
+            # close-ok that a frozen node never sends (it would hang there).
+            wait_for(lambda: not alive(consumer), timeout=20,
+                     what="the consumer of the frozen node gone")
+        finally:
+            # Thawed well within net_ticktime (60 s): a longer freeze splits the
+            # Erlang cluster, and until then RabbitMQ blocks declarations
+            # cluster-wide, so no new consumer could start anywhere.
+            cluster.thaw(frozen)
+        jobs = [enqueue_eventually(Record.create({"out": out}), partition) for _ in range(5)]
+        wait_for(lambda: {e["id"] for e in ends(out)} >= {j.id for j in jobs}, timeout=60,
+                 what="jobs done after the node thawed")
 
 
 def test_keys_pause_and_cancel_hold_while_the_leaders_move(cluster, on_cluster, partition,
