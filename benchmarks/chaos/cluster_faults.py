@@ -13,6 +13,7 @@ import math
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import kombu
 
@@ -184,20 +185,31 @@ class ClusterInjector(Injector):
         return problems
 
 
-def completion_pauses(faults: list[Fault], ledger: Ledger,
-                      goal: float, restarts: list[float]) -> list[tuple[Fault, str, float, float]]:
-    """For each broker node fault: (fault, queue, longest stall, goal).
+@dataclass
+class Pause:
+    """How long the queues went without completions around one broker node fault."""
 
-    A queue stalls while it has work (a confirmed job not yet run) and
-    completes nothing: between two completions ``a < b`` it stalled from
-    ``a``, or from when the oldest job still waiting at ``b`` was confirmed
-    if later (before that the queue was merely empty, as when the producer
-    holds back its last jobs). Looked at from the fault's start to `SETTLE`
-    seconds after its end, plus the first completion beyond (a stall may
-    outlast the window); the queue with the longest stall is named. The
-    goal of a node fault is `goal` (2 x heartbeat + connect timeout); a
-    rolling restart's is the longest single node restart; a frozen node has
-    none (NaN): it is not dead, and is only given up after 2 heartbeats.
+    fault: Fault
+    gap: float  # the longest time a queue completed nothing
+    gap_queue: str
+    stall: float  # ...of which it had a confirmed job waiting
+    stall_queue: str
+    goal: float  # NaN: none
+
+
+def completion_pauses(faults: list[Fault], ledger: Ledger,
+                      goal: float, restarts: list[float]) -> list[Pause]:
+    """For each broker node fault, the longest gap and stall in a queue's completions.
+
+    Looked at from the fault's start to `SETTLE` seconds after its end, plus
+    the first completion beyond (a pause may outlast the window). A *gap*
+    counts every second without a completion, including any the producer
+    caused by not publishing; a *stall* only those while the queue had work:
+    between two completions ``a < b`` it stalled from ``a``, or from when the
+    oldest job still waiting at ``b`` was confirmed if later. The goal of a
+    node fault is `goal` (2 x heartbeat + connect timeout); a rolling
+    restart's is the longest single node restart; a frozen node has none
+    (NaN): it is not dead, and is only given up after 2 heartbeats.
     """
     queues: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (done at, confirmed at)
     for job_id, runs in ledger.completions.items():
@@ -209,20 +221,26 @@ def completion_pauses(faults: list[Fault], ledger: Ledger,
     for f in faults:
         if not f.injected or f.kind not in BROKER_NODE_FAULTS:
             continue
-        worst, where = 0.0, "-"
-        for queue, done in queues.items():
-            stall = _longest_stall(sorted(done), f.start, f.end + SETTLE)
-            if stall > worst:
-                worst, where = stall, queue
+        gaps = {q: _longest_stall(sorted(d), f.start, f.end + SETTLE, waiting=False)
+                for q, d in queues.items()}
+        stalls = {q: _longest_stall(sorted(d), f.start, f.end + SETTLE)
+                  for q, d in queues.items()}
+        gap_queue = max(gaps, key=gaps.__getitem__, default="-")
+        stall_queue = max(stalls, key=stalls.__getitem__, default="-")
         target = max(restarts) if f.kind == ROLLING_RESTART and restarts else goal
-        if f.kind == BROKER_FREEZE:  # not dead: its connections live until 2 missed heartbeats
+        if f.kind == BROKER_FREEZE:
             target = math.nan
-        out.append((f, where, worst, target))
+        out.append(Pause(f, gaps.get(gap_queue, 0.0), gap_queue, stalls.get(stall_queue, 0.0),
+                         stall_queue, target))
     return out
 
 
-def _longest_stall(done: list[tuple[float, float]], start: float, end: float) -> float:
-    """The longest stall in `done` (sorted (done at, confirmed at)) from `start` to `end`."""
+def _longest_stall(done: list[tuple[float, float]], start: float, end: float,
+                   waiting: bool = True) -> float:
+    """The longest stall in `done` (sorted (done at, confirmed at)) from `start` to `end`.
+
+    With ``waiting=False``, the longest gap between completions instead.
+    """
     oldest = float("inf")  # the oldest confirm among the jobs done at or after each point
     waiting_from = [0.0] * len(done)
     for i in range(len(done) - 1, -1, -1):
@@ -232,7 +250,7 @@ def _longest_stall(done: list[tuple[float, float]], start: float, end: float) ->
     for i, (t, _) in enumerate(done):
         if t <= start:
             continue
-        worst = max(worst, t - max(previous, waiting_from[i]))
+        worst = max(worst, t - max(previous, waiting_from[i] if waiting else previous))
         previous = t
         if t > end:  # the first completion past the window ends it
             break

@@ -284,6 +284,7 @@ class ChaosRun:
         data = {
             "t0": self.t0, "partitions": self.partitions,
             "confirmed": self.ledger.confirmed,
+            "confirmed_at": self.ledger.confirmed_at,
             "republished": {i: n for i, n in self.ledger.publishes.items() if n > 1},
             "faults": [vars(f) for f in report.faults + report.external],
         }
