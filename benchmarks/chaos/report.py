@@ -179,13 +179,15 @@ class Report:
                  "| ---: | --- | --- | --- | --- | ---: | --- |"]
         for p in self.pauses:
             shown, met = ("-", "-") if math.isnan(p.goal) else (
-                f"{p.goal:.1f} s", "yes" if p.gap <= p.goal else "NO")
+                f"{p.goal:.1f} s", "yes" if p.stall <= p.goal else "NO")
             lines.append(f"| {p.fault.start - self.t0:.0f} | {p.fault.kind} | {p.fault.target} "
                          f"| {p.gap:.1f} s ({p.gap_queue}) | {p.stall:.1f} s ({p.stall_queue}) "
                          f"| {shown} | {met} |")
-        lines.append("From the fault until 10 s after roger was whole again. A gap also counts "
-                     "time the producer could not publish; the second figure only time a "
-                     "confirmed job waited. Goal (on the gap): 2 x heartbeat + connect timeout "
-                     "for a node that dies or stops; for the rolling restart, the longest single "
-                     "node restart.")
+        lines.append("From the fault until 10 s after roger was whole again. A gap counts "
+                     "every second without a completion, also while the queue had nothing to "
+                     "do (the producer holds its last 5 % back until the faults end, and a "
+                     "leader_stop's backlog goes to one queue); the second figure only time a "
+                     "confirmed job waited, which the goal applies to: 2 x heartbeat + connect "
+                     "timeout for a node that dies or stops; for the rolling restart, the "
+                     "longest single node restart.")
         return lines
