@@ -184,19 +184,22 @@ def _free_port(start: int, avoid: set[int]) -> int:
 class IsolatedRabbit(RabbitNode):
     """A RabbitMQ node of our own: `start()`, always `stop()` (or use as a context manager)."""
 
-    def __init__(self, port: int = 5699, fd_limit: int = FD_LIMIT) -> None:
+    def __init__(self, port: int = 5699, fd_limit: int = FD_LIMIT, node: str | None = None,
+                 cookie: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="roger-rabbit-"))
-        node = f"roger-bench-{os.getpid()}@localhost"
+        # A cluster's nodes share one `cookie` (see `benchmarks.cluster`).
+        node = node or f"roger-bench-{os.getpid()}@localhost"
         # Away from the shared node's 5672 / 25672 / 35672-35682 and management's 15672.
         amqp_port = _free_port(port, {5672, 15672, 25672})
         dist_port = _free_port(amqp_port + 20000, {25672})
         ctl_port = _free_port(dist_port + 10000, set(range(35672, 35683)))
         self.fd_limit = fd_limit
+        self.cookie = cookie or os.urandom(16).hex().upper()
         home = self.dir / "home"
         home.mkdir()
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(os.urandom(16).hex().upper())
-        cookie.chmod(0o400)
+        cookie_file = home / ".erlang.cookie"
+        cookie_file.write_text(self.cookie)
+        cookie_file.chmod(0o400)
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{amqp_port}\n"
@@ -224,7 +227,8 @@ class IsolatedRabbit(RabbitNode):
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
                 "-kernel inet_dist_use_interface {127,0,0,1}",
         }
-        tools = {t: script(t) for t in ("rabbitmqctl", "rabbitmq-diagnostics")}
+        tools = {t: script(t) for t in ("rabbitmqctl", "rabbitmq-diagnostics",
+                                          "rabbitmq-queues")}
         super().__init__(f"amqp://guest:guest@127.0.0.1:{amqp_port}//", node, env,
                          label=f"isolated RabbitMQ ({node}, port {amqp_port})", tools=tools)
         self.port = amqp_port

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # Characters of a rejected body that `rejected_jobs` shows: enough to tell
 # what sent it, and a listing of 100 messages stays small.
 BODY_TEXT_LIMIT = 500
+# Seconds a listing waits for a quorum queue to take its messages back.
+RETURN_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -153,13 +155,32 @@ def _browse(settings: Settings, queue_name: str, limit: int) -> list[Any]:
     if limit <= 0:
         return raw
     with broker.get_broker(settings).channel() as channel:
+        before = channel.queue_declare(queue_name, passive=True)
         while len(raw) < limit:
             msg = channel.basic_get(queue_name, no_ack=False)
             if msg is None:
                 break
             raw.append(msg)
         # Leaving the block closes the channel: every message goes back.
+    if raw and before.consumer_count == 0:
+        _await_return(settings, queue_name, before.message_count)
     return raw
+
+
+def _await_return(settings: Settings, queue_name: str, count: int) -> None:
+    """Wait (bounded) until a queue nobody consumes holds its `count` messages again.
+
+    A quorum queue takes back the messages of a closed channel a moment
+    later, not before the close returns: an operation right after a listing
+    (``retry_buried`` after ``buried_jobs``) would find the queue empty.
+    Polling, because RabbitMQ tells no one when they are back.
+    """
+    deadline = time.monotonic() + RETURN_WAIT
+    with broker.get_broker(settings).channel() as channel:
+        while channel.queue_declare(queue_name, passive=True).message_count < count:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 def _decode(msg: Any, partition: str, queue: str) -> Job:

@@ -20,6 +20,7 @@ is never shown: not in `repr`, not in errors, not in `safe_broker_url`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -45,7 +46,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["PeriodicEntry", "Settings", "describe_validation_error", "redact_url"]
+__all__ = ["PeriodicEntry", "Settings", "broker_urls", "describe_validation_error",
+           "redact_url"]
 
 DEFAULT_CONFIG_FILE = Path("roger.toml")
 DEFAULT_RETRY_LEVELS = [1, 3, 5, 10, 20, 35, 60, 100, 200, 400, 1000, 1800]
@@ -118,6 +120,11 @@ def default_state_dir() -> Path:
     return Path(base).expanduser() / "roger"
 
 
+def broker_urls(url: str) -> list[str]:
+    """The failover URLs of a ';'-joined `broker_url`, empty parts dropped."""
+    return [part.strip() for part in url.split(";") if part.strip()]
+
+
 def redact_url(url: str) -> str:
     """`url` with any password replaced by ``***``, safe for logs and errors.
 
@@ -176,7 +183,9 @@ class Settings(BaseSettings):
 
     broker_url: str = Field(
         "amqp://guest:guest@localhost:5672//",
-        description="AMQP URL of RabbitMQ (kombu syntax; ';' separates failover URLs).",
+        description="AMQP URL of RabbitMQ, or the URLs of a RabbitMQ cluster's nodes as a "
+                    "list or joined by ';' (kept ';'-joined); every connection fails over "
+                    "across them.",
     )
     partitions: dict[str, dict[str, Annotated[int, Field(ge=0)]]] = Field(
         default_factory=dict,
@@ -218,6 +227,12 @@ class Settings(BaseSettings):
     )
     queue_type: Literal["quorum", "classic"] = Field(
         "quorum", description="RabbitMQ type of the main queues."
+    )
+    quorum_initial_group_size: int | None = Field(
+        None, ge=1,
+        description="Replicas of each quorum queue (x-quorum-initial-group-size); None: "
+                    "RabbitMQ's default, every cluster node up to 3. RabbitMQ refuses a "
+                    "queue declared with another size: set it alike everywhere.",
     )
     max_jobs_per_worker: int | None = Field(
         None, gt=0, description="Recycle a worker after this many jobs; None: never."
@@ -333,6 +348,22 @@ class Settings(BaseSettings):
                 data["control_socket"] = state_dir / f"{data['node_name']}.sock"
         return data
 
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _join_broker_urls(cls, value: Any) -> Any:
+        # A list (also a JSON list in ROGER_BROKER_URL) is kept as kombu's
+        # ';'-joined failover string: one form for every connection.
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("not a JSON list of URLs") from None
+        if isinstance(value, list | tuple):
+            if not value or not all(isinstance(url, str) and url.strip() for url in value):
+                raise ValueError("must be a non-empty list of amqp:// URLs")
+            value = ";".join(url.strip() for url in value)
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
@@ -384,6 +415,11 @@ class Settings(BaseSettings):
         if value is not None and not _OBJECT_REF.fullmatch(value):
             raise ValueError(f'must look like "package.module:attribute", got {value!r}')
         return value
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """The URLs of `broker_url`, one per RabbitMQ node, in the order given."""
+        return broker_urls(self.broker_url)
 
     @property
     def safe_broker_url(self) -> str:

@@ -41,16 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-after", type=float, default=0.0,
                    help="roger's idle_after for the nodes: > 0 makes queues fall idle and wake "
                         "throughout the run (default 0: they never do)")
+    p.add_argument("--cluster", action="store_true",
+                   help="on a private 3-node RabbitMQ cluster (booted here, torn down after), "
+                        "with broker node faults on top of roger's")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="also write the report here")
     args = p.parse_args(argv)
     if args.short:
-        cfg = replace(ChaosConfig.short(args.workdir, jobs=args.jobs),
-                      idle_after=args.idle_after)
+        short = ChaosConfig.short_cluster if args.cluster else ChaosConfig.short
+        cfg = replace(short(args.workdir, jobs=args.jobs), idle_after=args.idle_after)
     else:
         seed = args.seed if args.seed is not None else random.randrange(1 << 30)
         cfg = ChaosConfig(jobs=args.jobs, duration=args.duration, seed=seed,
-                          workdir=args.workdir, idle_after=args.idle_after)
+                          workdir=args.workdir, idle_after=args.idle_after,
+                          cluster=args.cluster, connect_timeout=2.0 if args.cluster else 5.0)
     with _terminate_as_exit():
         report = run(cfg)
     text = report.render()

@@ -82,6 +82,10 @@ class Injector:
         self.faults: list[Fault] = []
         self.struck: float | None = None  # when the current fault struck
 
+    def broker_all(self, *args: str) -> None:
+        """Run ``rabbitmqctl args`` on every broker node (here: the one default node)."""
+        rabbitmqctl(*args)
+
     def _strike(self) -> None:
         """Mark the moment a fault strikes (after finding its target, which takes a while)."""
         self.struck = time.time()
@@ -231,7 +235,7 @@ class Injector:
 
     def _close_connections(self) -> tuple[str, str]:
         self._strike()
-        rabbitmqctl("close_all_connections", "roger chaos: ledger run")
+        self.broker_all("close_all_connections", "roger chaos: ledger run")
         return "broker", "every connection closed"
 
     def _broker_restart(self) -> tuple[str, str]:
@@ -257,13 +261,13 @@ class Injector:
             outcome["ok"], outcome["blocked"] = ok, time.monotonic() - t0
 
         self._strike()
-        rabbitmqctl("set_vm_memory_high_watermark", "0")
+        self.broker_all("set_vm_memory_high_watermark", "0")
         prober = threading.Thread(target=publish_probe, name="chaos probe", daemon=True)
         try:
             prober.start()
             time.sleep(self.cfg.alarm_for)
         finally:
-            rabbitmqctl("set_vm_memory_high_watermark", WATERMARK_NORMAL)
+            self.broker_all("set_vm_memory_high_watermark", WATERMARK_NORMAL)
         prober.join(60.0)
         return ("broker", f"alarm {self.cfg.alarm_for:g} s; probe job #{probe.args['n']} "
                 f"confirmed after {outcome.get('blocked', float('nan')):.1f} s")

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from benchmarks.chaos.cluster_faults import Pause
 from benchmarks.chaos.config import (
+    BROKER_FREEZE,
+    BROKER_KILL,
     BROKER_RESTART,
+    BROKER_STOP_BUSIEST,
     CLOSE_CONNECTIONS,
     EXTERNAL,
-    FAULT_KINDS,
     KILL_CONSUMER,
     KILL_NODE,
     KILL_PARTITION,
     KILL_WORKER,
+    LEADER_STOP,
     MEMORY_ALARM,
     RESTART_PARTITION,
+    ROLLING_RESTART,
     STOP_CONSUMER,
     ChaosConfig,
 )
@@ -39,6 +45,16 @@ WHY_DUPLICATES = {
     RESTART_PARTITION: "none expected: the partition drains gracefully",
     EXTERNAL: "another program's fault on the shared broker (the nodes' logs show "
               "connections dropped outside this run's own faults)",
+    BROKER_KILL: "the connections to the killed node die at once: jobs that finished but "
+                 "whose ack had not reached RabbitMQ are redelivered",
+    BROKER_STOP_BUSIEST: "stop_app closes every connection to the node: finished, unacked "
+                         "jobs are redelivered",
+    LEADER_STOP: "as broker_stop_busiest; the queue's new leader redelivers what the old one "
+                 "had delivered but not seen acked",
+    BROKER_FREEZE: "connections to the frozen node miss their heartbeats and are dropped "
+                   "by the client: unacked jobs are redelivered",
+    ROLLING_RESTART: "each node's stop closes its connections: finished, unacked jobs are "
+                     "redelivered",
     "producer_republish": "the producer re-published records whose confirm never came "
                           "(a memory alarm, a dropped connection, a broker restart): the "
                           "first publish was queued after all, so two copies of the id ran",
@@ -77,6 +93,7 @@ class Report:
     run_seconds: float = 0.0
     recovered: bool = False  # every node served every partition again after the faults
     notes: list[str] = field(default_factory=list)
+    pauses: list[Pause] = field(default_factory=list)  # on a cluster, per broker node fault
 
     @property
     def dead(self) -> int:
@@ -128,13 +145,14 @@ class Report:
                          f"{f.note}{'' if f.injected else ' (not injected)'} |")
         kinds = Counter(f.kind for f in self.faults if f.injected)
         lines += ["", "Faults injected: " + ", ".join(
-            f"{k} x{kinds[k]}" for k in FAULT_KINDS) + f". Producer publishes that raised "
+            f"{k} x{kinds[k]}" for k in c.kinds) + f". Producer publishes that raised "
             f"BrokerError and were retried with the same records: {self.producer_errors}."]
         if self.external:
             lines.append("Broker disruptions by other programs on the shared RabbitMQ, seen in "
                          "the nodes' logs: " + ", ".join(
                              f"t={f.start - self.t0:.0f}-{f.end - self.t0:.0f} s"
                              for f in self.external) + ".")
+        lines += self._render_pauses()
         lines += ["", "| duplicates caused by | extra runs | why |", "| --- | ---: | --- |"]
         for cause, n in self.dup_causes.most_common():
             lines.append(f"| {cause} | {n} | {WHY_DUPLICATES.get(cause, 'NO FAULT EXPLAINS IT')} |")
@@ -158,3 +176,25 @@ class Report:
         if self.lost_ids:
             lines.append(f"\nLost ids (first 20): {', '.join(self.lost_ids[:20])}")
         return "\n".join(lines) + "\n"
+
+    def _render_pauses(self) -> list[str]:
+        """The cluster's table: how long a queue went without completions after each fault."""
+        if not self.pauses:
+            return []
+        lines = ["", "| t (s) | broker node fault | target | longest gap in a queue's "
+                 "completions | of which with a job waiting | goal | met |",
+                 "| ---: | --- | --- | --- | --- | ---: | --- |"]
+        for p in self.pauses:
+            shown, met = ("-", "-") if math.isnan(p.goal) else (
+                f"{p.goal:.1f} s", "yes" if p.stall <= p.goal else "NO")
+            lines.append(f"| {p.fault.start - self.t0:.0f} | {p.fault.kind} | {p.fault.target} "
+                         f"| {p.gap:.1f} s ({p.gap_queue}) | {p.stall:.1f} s ({p.stall_queue}) "
+                         f"| {shown} | {met} |")
+        lines.append("From the fault until 10 s after roger was whole again. A gap counts "
+                     "every second without a completion, also while the queue had nothing to "
+                     "do (the producer holds its last 5 % back until the faults end, and a "
+                     "leader_stop's backlog goes to one queue); the second figure only time a "
+                     "confirmed job waited, which the goal applies to: 2 x heartbeat + connect "
+                     "timeout for a node that dies or stops; for the rolling restart, the "
+                     "longest single node restart.")
+        return lines

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import amqp
@@ -18,11 +19,14 @@ import kombu
 
 import roger
 from benchmarks.chaos.broker import rabbitmqctl, restore_broker
-from benchmarks.chaos.config import EXTERNAL, FAULT_KINDS, MEMORY_ALARM, ChaosConfig
+from benchmarks.chaos.cluster_faults import ClusterInjector, completion_pauses
+from benchmarks.chaos.config import EXTERNAL, MEMORY_ALARM, ChaosConfig
 from benchmarks.chaos.faults import Fault, Injector
 from benchmarks.chaos.ledger import Completion, Ledger
 from benchmarks.chaos.nodes import ChaosNode, wait_until
 from benchmarks.chaos.report import Report
+from benchmarks.cluster import RabbitCluster
+from benchmarks.cluster import cluster as private_cluster
 from roger.amqp import delay
 
 # Node log lines that show a broker disruption (to spot other programs' faults).
@@ -35,8 +39,12 @@ DUP_SLACK_BEFORE, DUP_SLACK_AFTER = 2.0, 3.0
 class ChaosRun:
     """One ledger run: nodes, producer, injector, drain, classification."""
 
-    def __init__(self, cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: ChaosConfig, log: Callable[[str], None] | None = None,
+                 cluster: RabbitCluster | None = None) -> None:
+        if cluster is not None:  # every connection, the run's own too, on the private cluster
+            cfg = replace(cfg, broker_url=cluster.broker_url, cluster=True)
         self.cfg = cfg
+        self.cluster = cluster
         self.run_id = uuid.uuid4().hex[:8]
         self.workdir = Path(cfg.workdir or f"/tmp/roger-chaos-{self.run_id}")
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -62,13 +70,15 @@ class ChaosRun:
             "ROGER_CONFIRM_TIMEOUT": str(cfg.confirm_timeout),
             "ROGER_RETRY_LEVELS": json.dumps(list(cfg.retry_levels)),
             "ROGER_IDLE_AFTER": str(cfg.idle_after),
+            "ROGER_CONNECT_TIMEOUT": str(cfg.connect_timeout),
         }
         self.nodes = [ChaosNode(f"chaos-{self.run_id}-n{i}", self.workdir, env) for i in (1, 2)]
         self.producer_settings = roger.Settings(
             broker_url=cfg.broker_url, confirm_timeout=cfg.confirm_timeout,
+            connect_timeout=cfg.connect_timeout,
             retry_levels=list(cfg.retry_levels), state_dir=self.workdir / "state",
             system_exchange_prefix=self.prefix)
-        self.injector = Injector(self)
+        self.injector = Injector(self) if cluster is None else ClusterInjector(self, cluster)
         self.stop_producing = threading.Event()
         self.faults_over = threading.Event()
         self.given_up = 0
@@ -130,8 +140,8 @@ class ChaosRun:
         cfg, inj = self.cfg, self.injector
         end = time.monotonic() + cfg.duration
         if cfg.deterministic:
-            spacing = cfg.duration / len(FAULT_KINDS)
-            for i, kind in enumerate(FAULT_KINDS):
+            spacing = cfg.duration / len(cfg.kinds)
+            for i, kind in enumerate(cfg.kinds):
                 _sleep_until(time.monotonic() + cfg.gap[0])
                 # Each fault strikes a healthy system, so it finds its target.
                 self._wait_healthy(90.0)
@@ -142,13 +152,13 @@ class ChaosRun:
                     inj.inject(kind)
                 _sleep_until(end - cfg.duration + (i + 1) * spacing)
             return
-        pending = list(FAULT_KINDS)
+        pending = list(cfg.kinds)
         self.rng.shuffle(pending)
         while time.monotonic() < end:
             _sleep_until(min(end, time.monotonic() + self.rng.uniform(*cfg.gap)))
             if time.monotonic() >= end:
                 break
-            kind = pending.pop(0) if pending else self.rng.choice(FAULT_KINDS)
+            kind = pending.pop(0) if pending else self.rng.choice(cfg.kinds)
             fault = inj.inject(kind)
             if not fault.injected:
                 pending.append(kind)
@@ -163,8 +173,9 @@ class ChaosRun:
     def _queue_depths(self) -> dict[str, int] | None:
         """Messages (ready + unacked) in this run's queues, or None if unknown."""
         try:
-            out = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages",
-                              timeout=60.0)
+            args = ("list_queues", "-q", "--no-table-headers", "name", "messages")
+            out = (rabbitmqctl(*args, timeout=60.0) if self.cluster is None
+                   else self.cluster.any_node().ctl(*args, timeout=60.0))
         except Exception:
             return None
         depths = {}
@@ -288,6 +299,7 @@ class ChaosRun:
         data = {
             "t0": self.t0, "partitions": self.partitions,
             "confirmed": self.ledger.confirmed,
+            "confirmed_at": self.ledger.confirmed_at,
             "republished": {i: n for i, n in self.ledger.publishes.items() if n > 1},
             "faults": [vars(f) for f in report.faults + report.external],
         }
@@ -400,13 +412,18 @@ class ChaosRun:
             dead, queued = self._leftovers()
             report.faults = list(self.injector.faults)
             self._classify(report, dead, queued)
+            if isinstance(self.injector, ClusterInjector):
+                report.pauses = completion_pauses(
+                    report.faults, self.ledger, 2 * cfg.heartbeat + cfg.connect_timeout,
+                    self.injector.restarts)
             self._save(report)
             report.notes += [f"orphans after a kill: {f.target}: {f.note}"
                              for f in report.faults if "ORPHANS" in f.note]
         finally:
             self.stop_producing.set()
             self.injector.release()
-            problems = restore_broker()
+            problems = (restore_broker() if not isinstance(self.injector, ClusterInjector)
+                        else self.injector.restore())
             if problems:
                 self.say(f"restoring the broker: {problems}")
             for node in self.nodes:
@@ -422,6 +439,14 @@ def _sleep_until(when: float) -> None:
         time.sleep(left)
 
 
-def run(cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> Report:
-    """Run one ledger run and return its report (the broker is restored either way)."""
-    return ChaosRun(cfg, log).run()
+def run(cfg: ChaosConfig, log: Callable[[str], None] | None = None,
+        cluster: RabbitCluster | None = None) -> Report:
+    """Run one ledger run and return its report (the broker is restored either way).
+
+    With ``cfg.cluster``, on `cluster` (left running), or on a private
+    3-node cluster booted for the run and torn down after it.
+    """
+    if cfg.cluster and cluster is None:
+        with private_cluster() as booted:
+            return ChaosRun(cfg, log, booted).run()
+    return ChaosRun(cfg, log, cluster).run()

@@ -66,7 +66,7 @@ class Broker:
 
     def __repr__(self) -> str:
         state = "connected" if self._conn is not None else "not connected"
-        return f"<Broker {self.settings.safe_broker_url()} {state}>"
+        return f"<Broker {self.settings.safe_broker_url} {state}>"
 
     # -- public operations
 
@@ -132,8 +132,14 @@ class Broker:
                     with translate_errors():
                         channel = self._ready_channel()
                         return operation(channel)
-                except (Unroutable, Nacked):
+                except Unroutable:
                     raise  # the channel is fine; the caller decides
+                except Nacked:
+                    # A fresh channel for the next try: after a quorum queue's
+                    # leader died, a channel that knew the old one has every
+                    # publish to that queue nacked, for as long as it lives.
+                    self._discard_channel()
+                    raise
                 except ConfirmTimeout:
                     self._discard_connection()
                     raise  # not retried: the first attempt may have been queued

@@ -10,6 +10,8 @@ ones after which a connection is unusable.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (see the kombu imports below)
+import itertools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,9 +27,10 @@ import kombu.utils.amq_manager  # noqa: F401
 from amqp import exceptions as amqp_errors
 
 from roger.errors import BrokerError
-from roger.settings import Settings, redact_url
+from roger.settings import Settings, broker_urls, redact_url
 
-__all__ = ["CONNECTION_ERRORS", "QueueNotFound", "connect", "translate_errors", "warm_up"]
+__all__ = ["CONNECTION_ERRORS", "QueueNotFound", "connect", "rotated_urls", "translate_errors",
+           "warm_up"]
 
 # Errors after which the connection is unusable: reconnect (or exit and be restarted).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -45,16 +48,37 @@ class QueueNotFound(BrokerError):
     """The queue named in an operation does not exist."""
 
 
+def rotated_urls(settings: Settings) -> list[str]:
+    """The settings' broker URLs in the order this connection tries them.
+
+    With a cluster's URLs, each connection starts at another node: the list
+    is rotated by this process's pid plus a per-process count, so that a
+    node's many processes (and one process's successive connections) spread
+    over the cluster's nodes and one broker node's death touches only some
+    of them. The rest of the list, in order, is the failover.
+    """
+    urls = broker_urls(settings.broker_url)
+    if len(urls) < 2:
+        return urls
+    start = (os.getpid() + next(_turns)) % len(urls)
+    return urls[start:] + urls[:start]
+
+
+_turns = itertools.count()
+
+
 def connect(settings: Settings, *, connect_timeout: float | None = None,
             io_timeout: float | None = None) -> kombu.Connection:
     """A connection with the settings' URL, heartbeat and connect timeout.
 
-    One attempt per failover URL, no sleeping in between. `io_timeout`
-    bounds every socket read and write that has no timeout of its own.
-    Raises `BrokerError` naming the broker, password left out.
+    One attempt per failover URL (starting at another cluster node for each
+    connection: `rotated_urls`), no sleeping in between, each bounded by the
+    connect timeout: a node that is down costs the next one at most that.
+    `io_timeout` bounds every socket read and write that has no timeout of
+    its own. Raises `BrokerError` naming the broker, password left out.
     """
     options = {"read_timeout": io_timeout, "write_timeout": io_timeout} if io_timeout else {}
-    conn = kombu.Connection(settings.broker_url, heartbeat=settings.heartbeat,
+    conn = kombu.Connection(";".join(rotated_urls(settings)), heartbeat=settings.heartbeat,
                             connect_timeout=connect_timeout or settings.connect_timeout,
                             transport_options=options)
     try:

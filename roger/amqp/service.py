@@ -79,6 +79,7 @@ class Service:
         self.settings = settings
         self.label = label  # in every log line: "<partition>/<queue>", "<partition>", "system"
         self.stopping = False
+        self.broken = False  # the connection failed: close it without a handshake
         # Set when the process runs (`run`), and again on each reconnect.
         self.conn: Any = None  # the kombu Connection
         self.amqp: Any  # its py-amqp connection
@@ -153,11 +154,20 @@ class Service:
         raise ConsumerCancelled(f"{self.label}: the broker cancelled a subscription")
 
     def close(self) -> None:
-        """Release what `setup` made; runs however the service ends."""
+        """Release what `setup` made; runs however the service ends.
+
+        After a broker error the socket is just closed: a graceful close
+        waits for RabbitMQ's close-ok, which a frozen or unreachable broker
+        node (the heartbeat said so) never sends, and the process would hang
+        there instead of reconnecting to another node.
+        """
         conn, self.conn = self.conn, None
         if conn is not None:
             try:
-                conn.release()
+                if self.broken:
+                    conn.collect()
+                else:
+                    conn.release()
             except Exception:  # the connection is gone already
                 pass
 
@@ -181,7 +191,7 @@ class Service:
                 self._loop()
                 return
             except BROKER_ERRORS as e:
-                self.stopping = True
+                self.stopping = self.broken = True
                 if not self.reconnect:
                     log.error("[%s] %s: %s", self.label, _what(code), e)
                     raise SystemExit(code) from None
@@ -193,7 +203,7 @@ class Service:
                 self.close()
             if self._wait_for_signal(delay):
                 return
-            self.stopping = False
+            self.stopping = self.broken = False
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _connect(self) -> None:

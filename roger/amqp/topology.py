@@ -55,30 +55,50 @@ def rejected_queue_name(partition: str, queue: str) -> str:
     return f"{queue_name(partition, queue)}.rejected"
 
 
+def replicated(settings: Settings, **arguments: Any) -> dict[str, Any]:
+    """Declaration arguments of a queue of the settings' `queue_type`.
+
+    Quorum: ``x-queue-type`` quorum (replicated by Raft across the
+    cluster's nodes) and, when set, ``x-quorum-initial-group-size``.
+    Classic: ``x-queue-type`` classic, the arguments as given.
+    """
+    if settings.queue_type != "quorum":
+        return {"x-queue-type": "classic", **arguments}
+    size = settings.quorum_initial_group_size
+    return {"x-queue-type": "quorum", **({"x-quorum-initial-group-size": size} if size else {}),
+            **arguments}
+
+
 def queue_arguments(settings: Settings, partition: str, queue: str) -> dict[str, dict[str, Any]]:
     """Every queue of a (partition, queue) pair and its declaration arguments.
 
     The main queue comes first. Retry queues hold a message for their TTL,
     then dead-letter it through the default exchange back to the main
-    queue; levels that repeat a delay share its queue. The side queues are
-    classic: they are small, short-lived stops (retry) or bounded archives
-    (buried, drop-head overflow; rejected).
+    queue; levels that repeat a delay share its queue. ``.buried`` keeps the
+    newest `max_buried` (drop-head overflow), ``.rejected`` everything.
+
+    Every one is of the settings' `queue_type`: on a RabbitMQ cluster a
+    classic queue lives on one node, and while that node is down the queue
+    cannot even be declared, so a consumer (which declares its side queues)
+    could not start. Quorum queues (RabbitMQ 3.10+) take message TTL,
+    dead-lettering and drop-head overflow; a quorum retry queue dead-letters
+    *at least once* (it keeps a message until the main queue confirms it,
+    which needs ``reject-publish`` overflow; the queue has no length limit).
     """
     main = queue_name(partition, queue)
-    queues: dict[str, dict[str, Any]] = {main: {"x-queue-type": settings.queue_type}}
+    queues: dict[str, dict[str, Any]] = {main: replicated(settings)}
     for seconds in settings.retry_levels:
-        queues[retry_queue_name(partition, queue, seconds)] = {
-            "x-queue-type": "classic",
+        retry: dict[str, Any] = {
             "x-message-ttl": ttl_ms(seconds),
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": main,
         }
-    queues[buried_queue_name(partition, queue)] = {
-        "x-queue-type": "classic",
-        "x-max-length": settings.max_buried,
-        "x-overflow": "drop-head",
-    }
-    queues[rejected_queue_name(partition, queue)] = {"x-queue-type": "classic"}
+        if settings.queue_type == "quorum":
+            retry |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        queues[retry_queue_name(partition, queue, seconds)] = replicated(settings, **retry)
+    queues[buried_queue_name(partition, queue)] = replicated(
+        settings, **{"x-max-length": settings.max_buried, "x-overflow": "drop-head"})
+    queues[rejected_queue_name(partition, queue)] = replicated(settings)
     return queues
 
 
@@ -125,16 +145,21 @@ def waiting_queue_name(partition: str, key: str) -> str:
 
 
 def declare_global(channel: amqp.Channel, settings: Settings, partition: str) -> None:
-    """The coordinator queue and the events exchange (idempotent, same arguments everywhere)."""
+    """The coordinator queue and the events exchange (idempotent, same arguments everywhere).
+
+    Of the settings' `queue_type`: a quorum queue's single active consumer
+    moves with its leader when a broker node dies.
+    """
     channel.queue_declare(global_queue_name(partition), durable=True, auto_delete=False,
-                          arguments={"x-single-active-consumer": True})
+                          arguments=replicated(settings, **{"x-single-active-consumer": True}))
     channel.exchange_declare(events_exchange_name(settings, partition), "fanout",
                              durable=True, auto_delete=False)
 
 
-def declare_waiting(channel: amqp.Channel, partition: str, key: str) -> str:
+def declare_waiting(channel: amqp.Channel, settings: Settings, partition: str, key: str) -> str:
+    """The waiting queue of execution key `key`, of the settings' `queue_type`."""
     name = waiting_queue_name(partition, key)
-    channel.queue_declare(name, durable=True, auto_delete=False)
+    channel.queue_declare(name, durable=True, auto_delete=False, arguments=replicated(settings))
     return name
 
 

@@ -311,7 +311,8 @@ class CoordinatorCore:
 
     def _unpark(self, key: str) -> None:
         """Send the oldest parked job of `key` back to its queue, holding the key for it."""
-        waiting = topology.declare_waiting(self.channels.publish, self.partition, key)
+        waiting = topology.declare_waiting(self.channels.publish, self.settings,
+                                           self.partition, key)
         msg = self.channels.publish.basic_get(waiting, no_ack=False)
         if msg is None:
             self.state.exec_waiting.pop(key, None)

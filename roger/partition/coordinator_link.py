@@ -123,7 +123,7 @@ class CoordinatorLink:
 
     def park(self, job: Record, body: bytes, queue: str) -> None:
         """Queue `job` FIFO in its key's waiting queue and tell the coordinator."""
-        waiting = declare_waiting(self.channel, self.partition, job.execution_key)
+        waiting = declare_waiting(self.channel, self.settings, self.partition, job.execution_key)
         publish.publish_confirmed(self.confirm_channel, [publish.Outgoing(
             waiting, body, {WAITING_HEADER: queue}, job.id)], self.settings.confirm_timeout)
         self._notify({"op": "parked", "key": job.execution_key})

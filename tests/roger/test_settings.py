@@ -166,3 +166,46 @@ def test_configure_sets_the_process_default():
             configure(chosen, max_buried=-1)
     finally:
         config._settings = previous
+
+
+# ----------------------------------------------------- a RabbitMQ cluster (issue 17)
+
+CLUSTER_URLS = ["amqp://u:secret1@r1:5672//", "amqp://u:secret2@r2:5672//",
+                "amqp://u:secret3@r3:5672//"]
+
+
+def test_broker_url_takes_a_list_of_the_cluster_nodes_from_every_source(monkeypatch,
+                                                                         tmp_path):
+    joined = ";".join(CLUSTER_URLS)
+    assert Settings(broker_url=CLUSTER_URLS).broker_url == joined
+    assert Settings(broker_url=joined).broker_urls == CLUSTER_URLS
+    path = write_toml(tmp_path / "c.toml", f"broker_url = {CLUSTER_URLS!r}\n".replace("'", '"'))
+    assert Settings(_config_file=path).broker_urls == CLUSTER_URLS
+    monkeypatch.setenv("ROGER_BROKER_URL", '["amqp://a:x@r1//", "amqp://a:y@r2//"]')
+    assert Settings().broker_urls == ["amqp://a:x@r1//", "amqp://a:y@r2//"]
+
+
+def test_a_list_of_broker_urls_keeps_every_password_out_of_sight():
+    s = Settings(broker_url=CLUSTER_URLS)
+    shown = repr(s) + s.safe_broker_url
+    assert "secret" not in shown and shown.count("u:***@") == 6
+    for bad in ([], ["amqp://u:secret1@r1//", "http://u:secret2@r2/"], "[not json"):
+        with pytest.raises(ValidationError) as err:
+            Settings(broker_url=bad)
+        assert "secret" not in describe_validation_error(err.value)
+
+
+def test_quorum_initial_group_size_is_sent_only_when_set():
+    from roger.amqp.topology import queue_arguments
+
+    default = queue_arguments(Settings(), "p", "q")
+    assert all("x-quorum-initial-group-size" not in a for a in default.values())
+    assert all(a["x-queue-type"] == "quorum" for a in default.values())
+    sized = queue_arguments(Settings(quorum_initial_group_size=3), "p", "q")
+    assert all(a["x-quorum-initial-group-size"] == 3 for a in sized.values())
+    classic = queue_arguments(Settings(queue_type="classic", quorum_initial_group_size=3),
+                              "p", "q")
+    assert all(a["x-queue-type"] == "classic" and "x-quorum-initial-group-size" not in a
+               for a in classic.values())
+    with pytest.raises(ValidationError):
+        Settings(quorum_initial_group_size=0)
