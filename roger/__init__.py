@@ -4,8 +4,8 @@ This module is the public API, grouped by topic. The package is built in
 layers, lowest first; a module imports only from its own layer or lower
 ones, and never in a cycle (`tests/roger/test_layers.py` checks both):
 
-1. **base**: `roger.errors`, `roger.settings`, `roger.config` (the
-   process-wide default settings), `roger.record` (a job's data),
+1. **base**: `roger.errors`, `roger.settings` (and `roger.urls`, broker
+   URLs), `roger.config` (the process-wide default settings), `roger.record` (a job's data),
    `roger.registry`, `roger.message` (the JSON wire codec),
    `roger.callbacks`, `roger.control` (the control socket's protocol and
    its `Client`), `roger.metrics` (what consumers count for Prometheus),

@@ -28,7 +28,6 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -45,6 +44,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from roger.urls import broker_urls, redact_url
 
 __all__ = ["PeriodicEntry", "Settings", "broker_urls", "describe_validation_error",
            "redact_url"]
@@ -118,33 +119,6 @@ def default_state_dir() -> Path:
     """``$XDG_STATE_HOME/roger``, or ``~/.local/state/roger`` (the XDG default)."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join("~", ".local", "state")
     return Path(base).expanduser() / "roger"
-
-
-def broker_urls(url: str) -> list[str]:
-    """The failover URLs of a ';'-joined `broker_url`, empty parts dropped."""
-    return [part.strip() for part in url.split(";") if part.strip()]
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by ``***``, safe for logs and errors.
-
-    Handles kombu's failover lists (``amqp://a;amqp://b``).
-    """
-    return ";".join(_redact_one(part) for part in url.split(";"))
-
-
-def _redact_one(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" not in netloc:
-            return url
-        credentials, host = netloc.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        # Unparseable: never risk echoing a secret.
-        return "<unparseable broker URL>"
 
 
 class PeriodicEntry(BaseModel):

@@ -13,7 +13,7 @@ from tests.helpers import ROOT
 
 # Lowest first; the first prefix that matches a module names its layer.
 LAYERS = [
-    ("base", ("roger.errors", "roger.settings", "roger.config", "roger.record",
+    ("base", ("roger.errors", "roger.urls", "roger.settings", "roger.config", "roger.record",
               "roger.registry", "roger.message", "roger.callbacks", "roger.control",
               "roger.cron", "roger.due", "roger.metrics")),
     ("amqp", ("roger.amqp",)),
