@@ -63,6 +63,7 @@ def one_run(label: str, urls: list[str], vms: list[IsolatedRabbit], jobs: int, w
     out = work / partition
     out.mkdir()
     settings = roger.Settings(broker_url=urls, imports=["benchmarks.jobs"], queue_type="quorum",
+                              side_queue_type="quorum",
                               partitions={partition: {"default": workers}}, idle_after=0,
                               state_dir=work / "state", node_name=f"tput-{partition}")
     vm_pids = _vm_pids(vms)

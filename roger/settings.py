@@ -208,6 +208,12 @@ class Settings(BaseSettings):
                     "RabbitMQ's default, every cluster node up to 3. RabbitMQ refuses a "
                     "queue declared with another size: set it alike everywhere.",
     )
+    side_queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="RabbitMQ type of the retry, .buried and .rejected queues. quorum: "
+                    "replicated, so on a cluster a dead node never keeps a consumer from "
+                    "declaring them, at the cost of three more quorum queues per queue.",
+    )
     max_jobs_per_worker: int | None = Field(
         None, gt=0, description="Recycle a worker after this many jobs; None: never."
     )

@@ -71,13 +71,16 @@ class ChaosRun:
             "ROGER_RETRY_LEVELS": json.dumps(list(cfg.retry_levels)),
             "ROGER_IDLE_AFTER": str(cfg.idle_after),
             "ROGER_CONNECT_TIMEOUT": str(cfg.connect_timeout),
+            # On the cluster every queue is replicated (see Settings.side_queue_type).
+            "ROGER_SIDE_QUEUE_TYPE": "quorum" if cluster is not None else "classic",
         }
         self.nodes = [ChaosNode(f"chaos-{self.run_id}-n{i}", self.workdir, env) for i in (1, 2)]
         self.producer_settings = roger.Settings(
             broker_url=cfg.broker_url, confirm_timeout=cfg.confirm_timeout,
             connect_timeout=cfg.connect_timeout,
             retry_levels=list(cfg.retry_levels), state_dir=self.workdir / "state",
-            system_exchange_prefix=self.prefix)
+            system_exchange_prefix=self.prefix,
+            side_queue_type="quorum" if cluster is not None else "classic")
         self.injector = Injector(self) if cluster is None else ClusterInjector(self, cluster)
         self.stop_producing = threading.Event()
         self.faults_over = threading.Event()

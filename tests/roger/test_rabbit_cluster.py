@@ -66,7 +66,7 @@ def on_cluster(cluster, make_settings):
         # A publish waiting for confirms sends no heartbeat: confirm_timeout stays
         # below 2 heartbeats, or RabbitMQ drops the producer's connection first.
         return make_settings(broker_url=cluster.urls, heartbeat=2.0, connect_timeout=2.0,
-                             confirm_timeout=3.0, **fields)
+                             confirm_timeout=3.0, side_queue_type="quorum", **fields)
     return make
 
 

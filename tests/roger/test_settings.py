@@ -200,9 +200,16 @@ def test_quorum_initial_group_size_is_sent_only_when_set():
 
     default = queue_arguments(Settings(), "p", "q")
     assert all("x-quorum-initial-group-size" not in a for a in default.values())
-    assert all(a["x-queue-type"] == "quorum" for a in default.values())
-    sized = queue_arguments(Settings(quorum_initial_group_size=3), "p", "q")
-    assert all(a["x-quorum-initial-group-size"] == 3 for a in sized.values())
+    assert default["p-q"]["x-queue-type"] == "quorum"
+    # The side queues are classic unless side_queue_type says quorum (a cluster).
+    assert [a["x-queue-type"] for n, a in default.items() if n != "p-q"] == \
+        ["classic"] * (len(default) - 1)
+    sized = queue_arguments(Settings(quorum_initial_group_size=3, side_queue_type="quorum"),
+                            "p", "q")
+    assert all(a["x-queue-type"] == "quorum" and a["x-quorum-initial-group-size"] == 3
+               for a in sized.values())
+    retry = sized[[n for n in sized if ".retry." in n][0]]
+    assert retry["x-dead-letter-strategy"] == "at-least-once"
     classic = queue_arguments(Settings(queue_type="classic", quorum_initial_group_size=3),
                               "p", "q")
     assert all(a["x-queue-type"] == "classic" and "x-quorum-initial-group-size" not in a
