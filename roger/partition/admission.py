@@ -9,7 +9,7 @@ A decoded delivery is, in this order:
 - held until the coordinator grants its execution key, or parked FIFO in the
   key's waiting queue when another job holds it;
 - run at once by an idle worker, or queued in the backlog, in arrival order,
-  until one is free (the prefetch is the pool's size, so it rarely waits).
+  until one is free (a prefetch above the pool, see `prefetch_multiplier`).
 
 Running jobs are tracked here with their deadline (`max_execution_time`):
 one that overruns, or is cancelled, has its worker killed, and the pool

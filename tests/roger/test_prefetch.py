@@ -40,3 +40,56 @@ def test_the_prefetch_multiplier_must_be_at_least_one():
     import pytest
     with pytest.raises(ValueError, match="prefetch_multiplier"):
         roger.Settings(prefetch_multiplier=0.5, _config_file=None)
+
+
+def _waiting(settings, workers: int = 1) -> int:
+    """Deliveries a consumer of `workers` holds beyond its running jobs."""
+    import math
+
+    return math.ceil(workers * settings.prefetch_multiplier) - workers
+
+
+def test_the_default_prefetch_holds_more_deliveries_than_workers(make_settings, partition, out):
+    # The default is chosen by measurement (benchmarks/mixed.py); above 1 it
+    # must keep the guarantees below with nothing set.
+    settings = make_settings(partitions={partition: {"default": 1}})
+    assert settings.prefetch_multiplier == roger.Settings.model_fields[
+        "prefetch_multiplier"].default
+    assert _waiting(settings) >= 2
+
+
+def test_cancelling_a_job_waiting_in_the_consumer_skips_it_and_fires_on_cancel_once(
+        make_settings, partition, out):
+    settings = make_settings(partitions={partition: {"default": 1}},
+                             callbacks="testjobs:CancelCallbacks")
+    with Node(settings):
+        first = Record.create({"out": out, "sleep": 1.0}).enqueue(partition)
+        cancelled = Record.create({"out": out}).enqueue(partition)
+        after = Record.create({"out": out}).enqueue(partition)
+        wait_for(lambda: events(out, "start"), what="the first job to start")
+        # The other two are the consumer's now (prefetched), not RabbitMQ's.
+        wait_for(lambda: queue_depth(f"{partition}-default") == 0, what="the prefetch")
+        assert cancelled.id in [j.id for j in roger.info.queued_jobs(partition, "default")]
+        roger.cancel(partition, cancelled.id)
+        wait_for(lambda: len(events(out, "end")) == 2, timeout=30, what="the other jobs")
+        wait_for(lambda: events(out, "on_cancel"), what="on_cancel")
+    assert [e["id"] for e in events(out, "start")] == [first.id, after.id]
+    assert [e["id"] for e in events(out, "on_cancel")] == [cancelled.id]
+    assert queue_depth(f"{partition}-default") == 0
+
+
+def test_stopping_a_node_hands_its_prefetched_jobs_back_and_loses_none(make_settings,
+                                                                        partition, out):
+    settings = make_settings(partitions={partition: {"default": 1}}, queue_type="classic")
+    waiting = _waiting(settings)
+    with Node(settings):
+        running = Record.create({"out": out, "sleep": 1.0}).enqueue(partition)
+        rest = [Record.create({"out": out}).enqueue(partition) for _ in range(waiting + 2)]
+        wait_for(lambda: events(out, "start"), what="the first job to start")
+        wait_for(lambda: queue_depth(f"{partition}-default") == 2, what="the prefetch")
+        assert [j.id for j in roger.info.queued_jobs(partition, "default")] == \
+            [j.id for j in rest]
+    # The node stopped: the running job finished, every other one is back in RabbitMQ.
+    assert [e["id"] for e in events(out, "end")] == [running.id]
+    assert queue_depth(f"{partition}-default") == len(rest)
+    assert [j.id for j in roger.info.queued_jobs(partition, "default")] == [j.id for j in rest]
