@@ -120,6 +120,8 @@ def goals() -> list[Goal]:
              "throughput", at_most(0.7, rc, "dramatiq", cpu_total)),
         Goal("idle-node latency enqueue -> perform start, p50, roger (quorum) / Dramatiq",
              "<= 1x", "latency", at_most(1.0, "roger (quorum)", "dramatiq", "p50")),
+        Goal("the same, roger (classic) / Dramatiq", "<= 1x", "latency",
+             at_most(1.0, "roger (classic)", "dramatiq", "p50")),
         Goal("idle-node latency enqueue -> perform start, p99", "<= 4 ms", "latency",
              p99_at_most(4.0, "roger (quorum)", "roger (classic)")),
         Goal("4 partitions x 1 queue x 2 workers / 1 x 1 x 4, steady jobs/s", ">= 0.95x",

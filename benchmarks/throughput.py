@@ -142,8 +142,8 @@ def run(cfg: Config, workdir: str) -> Section:
         "Queue types: `roger (quorum)` is roger's default; `roger (classic)` uses "
         "`Settings(queue_type=\"classic\")`, the type Celery and Dramatiq use. The ceiling is "
         "measured on both types; each roger variant is compared with the ceiling of its type. "
-        "*prefetch 4*: the same raw consumer with roger's prefetch (SPEC: prefetch = "
-        "max_workers = 4), which isolates what the small window costs from roger's own work. "
+        "*prefetch 4*: the same raw consumer with a prefetch of 4 (roger's with "
+        "prefetch_multiplier 1: max_workers = 4), which isolates what a small window costs. "
         f"*roger's prefetch, batched acks*: the same raw consumer at roger's prefetch with its "
         f"default prefetch_multiplier ({roger_prefetch()}), acking with `multiple` half a "
         "window at a time (issue 13's reference).",
