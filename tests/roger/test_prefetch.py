@@ -93,3 +93,19 @@ def test_stopping_a_node_hands_its_prefetched_jobs_back_and_loses_none(make_sett
     assert [e["id"] for e in events(out, "end")] == [running.id]
     assert queue_depth(f"{partition}-default") == len(rest)
     assert [j.id for j in roger.info.queued_jobs(partition, "default")] == [j.id for j in rest]
+
+
+def test_max_execution_time_of_a_prefetched_job_counts_from_its_start(make_settings, partition,
+                                                                       out):
+    from testjobs import Bounded
+
+    settings = make_settings(partitions={partition: {"default": 1}},
+                             callbacks="testjobs:Callbacks")
+    assert _waiting(settings) >= 1
+    with Node(settings):
+        first = Record.create({"out": out, "sleep": 4.0}).enqueue(partition)
+        # Delivered at once (prefetched), it waits longer than its 3 s limit for the worker.
+        bounded = Bounded.create({"out": out}).enqueue(partition)
+        wait_for(lambda: len(events(out, "end")) == 2, timeout=30, what="both jobs")
+    assert [e["id"] for e in events(out, "end")] == [first.id, bounded.id]
+    assert events(out, "on_error") == []

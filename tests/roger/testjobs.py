@@ -179,3 +179,9 @@ class CrashAlways(Job):
     def perform(self, args):
         record(args["out"], event="start", id=self.id, retry_count=self.retry_count)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Bounded(Record):
+    """A `Record` with a time limit (test_prefetch: counted from its start, not its delivery)."""
+
+    max_execution_time = 3.0
