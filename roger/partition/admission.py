@@ -167,6 +167,12 @@ class Admission:
                      if e.deadline is not None and e.kill_reason is None]
         return min(deadlines) - now if deadlines else float("inf")
 
+    def cancel_waiting(self, job_id: str) -> None:
+        """Skip `job_id` at once if it waits here for a worker (settled as cancelled)."""
+        for delivery in [d for d in self.backlog if d.job.id == job_id]:
+            self.backlog.remove(delivery)
+            self._cancelled(delivery)
+
     def cancel_running(self, job_id: str) -> None:
         """Kill the worker running `job_id`, if it runs here; its loss settles it."""
         for entry in self.inflight.values():

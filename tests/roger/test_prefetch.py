@@ -3,7 +3,9 @@ the consumer, in order; they are still queued from the user's point of view."""
 
 from __future__ import annotations
 
-from testjobs import Record, events
+import threading
+
+from testjobs import Gated, Record, events
 
 import roger
 from roger import Node
@@ -62,8 +64,9 @@ def test_cancelling_a_job_waiting_in_the_consumer_skips_it_and_fires_on_cancel_o
         make_settings, partition, out):
     settings = make_settings(partitions={partition: {"default": 1}},
                              callbacks="testjobs:CancelCallbacks")
+    gate = out + ".gate"
     with Node(settings):
-        first = Record.create({"out": out, "sleep": 1.0}).enqueue(partition)
+        first = Gated.create({"out": out, "gate": gate}).enqueue(partition)
         cancelled = Record.create({"out": out}).enqueue(partition)
         after = Record.create({"out": out}).enqueue(partition)
         wait_for(lambda: events(out, "start"), what="the first job to start")
@@ -71,8 +74,11 @@ def test_cancelling_a_job_waiting_in_the_consumer_skips_it_and_fires_on_cancel_o
         wait_for(lambda: queue_depth(f"{partition}-default") == 0, what="the prefetch")
         assert cancelled.id in [j.id for j in roger.info.queued_jobs(partition, "default")]
         roger.cancel(partition, cancelled.id)
-        wait_for(lambda: len(events(out, "end")) == 2, timeout=30, what="the other jobs")
+        # Skipped at once, while the first job still runs: not when it comes up.
         wait_for(lambda: events(out, "on_cancel"), what="on_cancel")
+        assert cancelled.id not in [j.id for j in roger.info.queued_jobs(partition, "default")]
+        open(gate, "w").close()
+        wait_for(lambda: len(events(out, "end")) == 2, timeout=30, what="the other jobs")
     assert [e["id"] for e in events(out, "start")] == [first.id, after.id]
     assert [e["id"] for e in events(out, "on_cancel")] == [cancelled.id]
     assert queue_depth(f"{partition}-default") == 0
@@ -82,13 +88,20 @@ def test_stopping_a_node_hands_its_prefetched_jobs_back_and_loses_none(make_sett
                                                                         partition, out):
     settings = make_settings(partitions={partition: {"default": 1}}, queue_type="classic")
     waiting = _waiting(settings)
-    with Node(settings):
-        running = Record.create({"out": out, "sleep": 1.0}).enqueue(partition)
+    gate = out + ".gate"
+    with Node(settings) as node:
+        running = Gated.create({"out": out, "gate": gate}).enqueue(partition)
         rest = [Record.create({"out": out}).enqueue(partition) for _ in range(waiting + 2)]
         wait_for(lambda: events(out, "start"), what="the first job to start")
         wait_for(lambda: queue_depth(f"{partition}-default") == 2, what="the prefetch")
         assert [j.id for j in roger.info.queued_jobs(partition, "default")] == \
             [j.id for j in rest]
+        # Stopping hands the waiting ones back at once, then waits for the running one.
+        stopping = threading.Thread(target=node.stop)
+        stopping.start()
+        wait_for(lambda: queue_depth(f"{partition}-default") == len(rest), what="the hand-back")
+        open(gate, "w").close()
+        stopping.join(30)
     # The node stopped: the running job finished, every other one is back in RabbitMQ.
     assert [e["id"] for e in events(out, "end")] == [running.id]
     assert queue_depth(f"{partition}-default") == len(rest)
