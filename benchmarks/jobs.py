@@ -58,3 +58,17 @@ class Periodic(roger.Job):
     def perform(self, args: dict[str, Any]) -> None:
         slot = int(self.id.rsplit(":", 1)[1])  # periodic:<entry>:<slot>
         record(args["out"], slot, (self.queued_at or 0) / 1000 - slot)
+
+
+class Mixed(roger.Job):
+    """The mixed workload (issue 13): sleeps ``args["sleep"]`` seconds (0: a no-op), then
+    records how long after its enqueue call it started."""
+
+    name = "bench:Mixed"
+
+    def perform(self, args: dict[str, Any]) -> None:
+        started = time.time()
+        if args.get("sleep"):
+            time.sleep(args["sleep"])
+        # Recorded once it ended: a run is over when every job has finished.
+        record(args["out"], args["i"], started - args["t"])

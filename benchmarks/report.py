@@ -58,6 +58,8 @@ class Section:
     ratios: list[Ratio] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)  # more markdown, after the tables
+    # More samples, by name, for tables built across sections (`benchmarks.goals`).
+    data: dict[str, Samples] = field(default_factory=dict)
 
     def markdown(self) -> str:
         lines = [f"## {self.title}", ""]

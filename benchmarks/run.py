@@ -24,11 +24,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import baseline, rabbit, sysinfo  # noqa: E402
+from benchmarks import baseline, goals, rabbit, sysinfo  # noqa: E402
 from benchmarks.common import HERE, BenchError, Config  # noqa: E402
 from benchmarks.report import Section, progress  # noqa: E402
 
-BENCHMARKS = ("throughput", "enqueue", "latency", "scale", "metrics")
+BENCHMARKS = ("throughput", "enqueue", "latency", "scale", "metrics", "mixed")
 PROFILE_NOTES = HERE / "PROFILE.md"  # findings, kept by hand from `python -m benchmarks profile`
 # The ledger run's section (`python -m benchmarks.chaos`), kept apart: a full
 # run rewrites RESULTS.md and must carry it over.
@@ -111,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                 section = module.run(cfg, workdir)
                 sections.append(section)
                 print(section.markdown(), flush=True)
+            goals_section = goals.table(sections)
+            if goals_section is not None:
+                sections.append(goals_section)
+                print(goals_section.markdown(), flush=True)
     finally:
         with rabbit.suppress_errors():
             left = rabbit.sweep(cfg.broker_url, cfg.name())

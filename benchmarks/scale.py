@@ -668,7 +668,8 @@ def run(cfg: Config, workdir: str) -> Section:
     extra = ["### A thousand tenants on one node: the goals (issue 14)", "",
              *goals_table(runs), "",
              "### What a tenant costs", "", *sizing_table(runs), ""]
-    extra += _split(cfg, workdir)
+    split_lines, split = _split(cfg, workdir)
+    extra += split_lines
     notes = [
         f"One roger node of {sizes.partitions:,} partitions x 2 queues (2 workers each, "
         f"started lazily), `idle_after` = {IDLE_AFTER:g} s, so it starts with every partition "
@@ -708,7 +709,9 @@ def run(cfg: Config, workdir: str) -> Section:
         f"partition: its USS on the big node minus on the {REF_PARTITIONS}-partition node, "
         "divided by the difference in partitions. See docs/operating.md, Sizing.",
     ]
-    return Section("scale", "Scale", Samples(), [], [], notes, extra)
+    section = Section("scale", "Scale", Samples(), [], [], notes, extra)
+    section.data["split"] = split  # for issue 13's goals table (`benchmarks.goals`)
+    return section
 
 
 def _failed(label: str, sizes: Sizes, error: BaseException) -> Run:
@@ -721,7 +724,7 @@ SPLIT = "4 partitions x 1 queue x 2 workers"
 SINGLE = "1 partition x 1 queue x 4 workers"
 
 
-def _split(cfg: Config, workdir: str) -> list[str]:
+def _split(cfg: Config, workdir: str) -> tuple[list[str], Samples]:
     """Throughput of one queue of 4 workers against 4 partitions of 2 (shared broker)."""
     factories: list[tuple[str, Callable[[Config, str], System]]] = [
         *roger_rows(cfg, SPLIT, queue_type="quorum", partitions=4, queues={"default": 2}),
@@ -737,4 +740,4 @@ def _split(cfg: Config, workdir: str) -> list[str]:
              "(quorum, roger's default, on the shared broker; roger's default idle_after, so "
              "the queues wake as the jobs arrive), drained as in the throughput benchmark.", ""]
     lines += Section("", "", split, tp_metrics, tp_ratios).markdown().splitlines()[2:]
-    return lines
+    return lines, split

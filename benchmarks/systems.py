@@ -25,7 +25,7 @@ from benchmarks.procs import ReadTimeout, Spawned, python, venv_script
 if TYPE_CHECKING:
     from benchmarks.baseline import Baseline
 
-Kind = Literal["noop", "latency"]
+Kind = Literal["noop", "latency", "mixed"]
 BATCH = 1000  # roger.enqueue_many batch size when filling a queue
 
 
@@ -135,7 +135,7 @@ class RogerSystem(System):
     def _job_class(self, kind: Kind) -> Any:
         from benchmarks import jobs
 
-        return jobs.NoOp if kind == "noop" else jobs.Latency
+        return {"noop": jobs.NoOp, "latency": jobs.Latency, "mixed": jobs.Mixed}[kind]
 
     def enqueue_all(self, bodies: Sequence[dict], kind: Kind = "noop") -> None:
         import roger
@@ -309,15 +309,20 @@ class DramatiqSystem(System):
 
 
 class KombuSystem(System):
-    """The ceiling: one raw kombu consumer, one connection, prefetch 100."""
+    """The ceiling: one raw kombu consumer, one connection, prefetch 100.
+
+    `batch_acks`: ack with AMQP's ``multiple`` flag, half a window at a time
+    (as roger's consumer coalesces its acks), instead of one ack per message.
+    """
 
     def __init__(self, cfg: Config, tag: str, queue_type: str = "classic",
-                 prefetch: int = 100) -> None:
+                 prefetch: int = 100, batch_acks: bool = False) -> None:
         super().__init__(cfg, tag)
         self.label = f"raw kombu ({queue_type})"
         self.queue = self.marker
         self.queue_type = queue_type
         self.prefetch = prefetch
+        self.batch_acks = batch_acks
 
     def queue_names(self) -> list[str]:
         return [self.queue]
@@ -327,7 +332,7 @@ class KombuSystem(System):
 
     def start(self, log: str) -> Spawned:
         argv = python("-m", "benchmarks.peers.kombu_consumer", self.url, self.queue,
-                      str(self.prefetch))
+                      str(self.prefetch), *(["batch"] if self.batch_acks else []))
         self.proc = Spawned(argv, log=log)
         return self.proc
 

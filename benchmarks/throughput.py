@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -33,6 +34,18 @@ RQ, RC = "roger (quorum)", "roger (classic)"
 KQ, KC = "raw kombu (quorum)", "raw kombu (classic)"
 # The ceiling at roger's own prefetch (its 4 workers): what the window alone allows.
 KQ4, KC4 = "raw kombu, prefetch 4 (quorum)", "raw kombu, prefetch 4 (classic)"
+# The ceiling issue 13 compares with: roger's prefetch (4 workers x its default
+# prefetch_multiplier), acks coalesced with `multiple` as roger's consumer does.
+KQB, KCB = "raw kombu, roger's prefetch, batched acks (quorum)", \
+    "raw kombu, roger's prefetch, batched acks (classic)"
+
+
+def roger_prefetch(workers: int = 4) -> int:
+    """A consumer's prefetch with roger's default `prefetch_multiplier`."""
+    import roger
+
+    return math.ceil(workers * roger.Settings.model_fields["prefetch_multiplier"].default)
+
 
 PEERS: list[tuple[str, Callable[[Config, str], System]]] = [
     ("celery", CelerySystem),
@@ -41,6 +54,10 @@ PEERS: list[tuple[str, Callable[[Config, str], System]]] = [
     (KQ, lambda cfg, tag: KombuSystem(cfg, tag, "quorum")),
     (KC4, lambda cfg, tag: KombuSystem(cfg, tag, "classic", prefetch=4)),
     (KQ4, lambda cfg, tag: KombuSystem(cfg, tag, "quorum", prefetch=4)),
+    (KCB, lambda cfg, tag: KombuSystem(cfg, tag, "classic", prefetch=roger_prefetch(),
+                                       batch_acks=True)),
+    (KQB, lambda cfg, tag: KombuSystem(cfg, tag, "quorum", prefetch=roger_prefetch(),
+                                       batch_acks=True)),
 ]
 
 
@@ -109,9 +126,10 @@ def run(cfg: Config, workdir: str) -> Section:
     n = cfg.throughput_jobs
     samples = run_systems(cfg, workdir, "throughput", n, factories(cfg))
     ratios = []
-    for roger, ceiling, window in ((RQ, KQ, KQ4), (RC, KC, KC4)):
+    for roger, ceiling, window, batched in ((RQ, KQ, KQ4, KQB), (RC, KC, KC4, KCB)):
         ratios += [Ratio(roger, "dramatiq", "steady", 1.5), Ratio(roger, "celery", "steady"),
                    Ratio(roger, ceiling, "steady", 0.8), Ratio(roger, window, "steady"),
+                   Ratio(roger, batched, "steady", 0.8),
                    Ratio(roger, "dramatiq", "from_start"), Ratio(roger, "celery", "from_start"),
                    Ratio(roger, ceiling, "from_start")]
     ratios += [Ratio(KQ4, KQ, "steady"), Ratio(KC4, KC, "steady")]
@@ -124,8 +142,11 @@ def run(cfg: Config, workdir: str) -> Section:
         "Queue types: `roger (quorum)` is roger's default; `roger (classic)` uses "
         "`Settings(queue_type=\"classic\")`, the type Celery and Dramatiq use. The ceiling is "
         "measured on both types; each roger variant is compared with the ceiling of its type. "
-        "*prefetch 4*: the same raw consumer with roger's prefetch (SPEC: prefetch = "
-        "max_workers = 4), which isolates what the small window costs from roger's own work.",
+        "*prefetch 4*: the same raw consumer with a prefetch of 4 (roger's with "
+        "prefetch_multiplier 1: max_workers = 4), which isolates what a small window costs. "
+        f"*roger's prefetch, batched acks*: the same raw consumer at roger's prefetch with its "
+        f"default prefetch_multiplier ({roger_prefetch()}), acking with `multiple` half a "
+        "window at a time (issue 13's reference).",
         "Every job appends its index to a per-process file; a run ends when every index was "
         "seen (no duplicates counted). *From start*: jobs/s from launching the worker process "
         "(interpreter start and imports included, for every system) to the last job. "

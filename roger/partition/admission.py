@@ -9,7 +9,7 @@ A decoded delivery is, in this order:
 - held until the coordinator grants its execution key, or parked FIFO in the
   key's waiting queue when another job holds it;
 - run at once by an idle worker, or queued in the backlog, in arrival order,
-  until one is free (the prefetch is the pool's size, so it rarely waits).
+  until one is free (a prefetch above the pool, see `prefetch_multiplier`).
 
 Running jobs are tracked here with their deadline (`max_execution_time`):
 one that overruns, or is cancelled, has its worker killed, and the pool
@@ -166,6 +166,12 @@ class Admission:
         deadlines = [e.deadline for e in self.inflight.values()
                      if e.deadline is not None and e.kill_reason is None]
         return min(deadlines) - now if deadlines else float("inf")
+
+    def cancel_waiting(self, job_id: str) -> None:
+        """Skip `job_id` at once if it waits here for a worker (settled as cancelled)."""
+        for delivery in [d for d in self.backlog if d.job.id == job_id]:
+            self.backlog.remove(delivery)
+            self._cancelled(delivery)
 
     def cancel_running(self, job_id: str) -> None:
         """Kill the worker running `job_id`, if it runs here; its loss settles it."""

@@ -327,6 +327,7 @@ class Consumer(Service):
     def _on_broadcast(self, event: dict) -> None:
         kind = event.get("type")
         if kind == "cancel":
+            self.admission.cancel_waiting(event["job_id"])
             self.admission.cancel_running(event["job_id"])
         elif kind in ("pause", "resume") and event.get("queue") == self.queue:
             if kind == "pause":

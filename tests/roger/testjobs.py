@@ -185,3 +185,23 @@ class CrashAlways(Job):
     def perform(self, args):
         record(args["out"], event="start", id=self.id, retry_count=self.retry_count)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Bounded(Record):
+    """A `Record` with a time limit (test_prefetch: counted from its start, not its delivery)."""
+
+    max_execution_time = 3.0
+
+
+class Gated(Record):
+    """A `Record` that, once started, waits (at most 60 s) for the file ``args["gate"]``:
+    the test decides when it ends, so no other job can start before it checked."""
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, pid=os.getpid(), t=time.time(),
+               retry_count=self.retry_count)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(args["gate"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        record(args["out"], event="end", id=self.id, pid=os.getpid(), t=time.time(),
+               retry_count=self.retry_count, redelivered=self.redelivered)
