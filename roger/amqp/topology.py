@@ -117,6 +117,9 @@ def events_exchange_name(settings: Settings, partition: str) -> str:
 
 
 WAITING_HEADER = "x-roger-queue"  # on a parked job: the queue it returns to
+# On a copy of a job that may have a twin (same id) elsewhere: it takes its
+# twin lock before it runs (see roger.partition.twin_locks).
+TWIN_HEADER = "x-roger-twin"
 
 
 def waiting_queue_name(partition: str, key: str) -> str:

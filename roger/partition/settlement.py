@@ -213,6 +213,9 @@ def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_
     item = Outgoing(
         topology.retry_queue_name(partition, queue, delay),
         message.encode(retried),
+        # A copy that took its twin lock keeps its mark: its twin may run
+        # when it comes back (see roger.partition.twin_locks).
+        headers={topology.TWIN_HEADER: 1} if job.__dict__.get("_twin") else None,
         message_id=job.id,
     )
     _publish(channel, settings, partition, queue, item)
