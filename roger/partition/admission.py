@@ -232,9 +232,16 @@ class Admission:
             del self.locks[job_id]
             self.coordinator.release_twin(job_id, token)
 
-    def held_locks(self) -> list[tuple[str, str]]:
-        """The twin locks held here, (job id, token): renewed while held."""
-        return list(self.locks.items())
+    def lock_tokens(self) -> list[tuple[str, str]]:
+        """(job id, token) of the twin locks held here and of those waited for.
+
+        Renewed once per heartbeat: the held ones so they do not lapse; the
+        waited ones so that the coordinator, if the one that queued them
+        died, has a request that makes its standby active (it then lets
+        the locks of dead holders lapse and answers the waiters).
+        """
+        return [*self.locks.items(),
+                *((d.job.id, self._token(tag)) for tag, d in self.lock_waits.items())]
 
     # -------------------------------------------------------------- every turn
 

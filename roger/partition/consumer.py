@@ -197,7 +197,7 @@ class Consumer(Service):
             timeout = min(timeout, tally.next_report - now)
         if self.draining:
             timeout = min(timeout, self.drain_deadline - now)
-        if self.admission.locks:
+        if self.admission.locks or self.admission.lock_waits:
             timeout = min(timeout, self.renew_at - now)
         if self.settings.idle_after > 0:
             timeout = min(timeout, self.settings.idle_after - self._idle_for())
@@ -233,8 +233,8 @@ class Consumer(Service):
                 pass  # the partition is going: so are its counts since the last report
 
     def _renew_twins(self) -> None:
-        """Once per heartbeat while twin locks are held here: their holders are alive."""
-        held = self.admission.held_locks()
+        """Once per heartbeat while twin locks are held or waited for here (see `lock_tokens`)."""
+        held = self.admission.lock_tokens()
         now = time.monotonic()
         if held and now >= self.renew_at:
             self.coordinator.renew_twins(held)

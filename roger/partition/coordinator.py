@@ -173,6 +173,7 @@ class CoordinatorCore(TwinOps):
         # Delayed jobs per queue: only the active one knows (standbys hold no state).
         delayed = self.state.delayed_counts(time.time()) if self.active else {}
         return {"active": self.active, "queue_keys": len(self.state.queue_keys),
+                "twin_locks": len(self.state.twins.locks) if self.active else 0,
                 "paused": sorted(self.state.paused), "delayed": delayed}
 
     def wake_in(self) -> float | None:

@@ -179,3 +179,15 @@ class CrashAlways(Job):
     def perform(self, args):
         record(args["out"], event="start", id=self.id, retry_count=self.retry_count)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FirstSleeps(Job):
+    """Records its start and end; the first run (no `flag` file yet) sleeps `sleep` s."""
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, pid=os.getpid(), t=time.time())
+        if not os.path.exists(args["flag"]):
+            with open(args["flag"], "w"):
+                pass
+            time.sleep(args.get("sleep", 60))
+        record(args["out"], event="end", id=self.id, pid=os.getpid(), t=time.time())
