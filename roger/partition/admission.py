@@ -204,7 +204,11 @@ class Admission:
         if self.lock_waits.pop(delivery.tag, None) is None:
             return  # handed back meanwhile (its release left the line)
         job = delivery.job
-        self.locks[job.id] = self._token(delivery.tag)
+        if not ok:  # the coordinator failed on it (a bug, logged there): do not stall the job
+            log.error("[%s] job %s: the coordinator refused its twin lock; it runs without",
+                      self.label, job.id)
+        else:
+            self.locks[job.id] = self._token(delivery.tag)
         if draining:
             self._unlock(job.id, delivery.tag)
             self.settlement.requeue(delivery.tag)

@@ -79,8 +79,12 @@ class TwinOps:
         now = time.time()
         grants = self.state.twins.release(request["job_id"], request["token"], now,
                                           self._lease())
-        self._save()
-        self._answer(grants)
+        if grants:
+            self._save()  # before the answer: the state must say who holds it now
+            self._answer(grants)
+        # Else not saved now (the next change saves it): a coordinator that
+        # takes over from an older save finds the lock still held, by a
+        # holder that no longer renews it, and frees it one lease later.
         return {"ok": True}
 
     def op_twin_renew(self, request: dict) -> dict:

@@ -7,10 +7,12 @@ node is delivered to the other: only the twin lock keeps them apart.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
 
+import amqp
 import pytest
 from testjobs import Fail, FirstSleeps, Record, events, read
 
@@ -109,6 +111,41 @@ def test_a_placeholder_nobody_claims_lapses_after_the_grace():
     assert not locks.acquire("j", "copy", 1.0, 3.0, claim=False, wait=("r", "1"))
     grants, _ = locks.expire(4.0, 3.0)
     assert [g.token for g in grants] == ["copy"]
+
+
+def _get_all(queue: str) -> list[amqp.Message]:
+    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")  # as BROKER
+    conn.connect()
+    try:
+        ch = conn.channel()
+        got = []
+        try:
+            while (msg := ch.basic_get(queue, no_ack=True)) is not None:
+                got.append(msg)
+        except amqp.exceptions.NotFound:  # never declared: nothing was sent there
+            pass
+        return got
+    finally:
+        conn.close()
+
+
+def _twin_mark(msg: amqp.Message) -> object:
+    return (msg.properties.get("application_headers") or {}).get("x-roger-twin")
+
+
+def test_only_copies_are_marked_and_only_records_enqueued_again_are_registered(
+        partition, make_settings):
+    make_settings()  # no node: what the producer publishes stays in the queues
+    job = Record.create({"out": "-"})
+    job.enqueue(partition)  # a plain job's first copy: no mark, no coordinator
+    assert _get_all(f"{partition}.global") == []
+    job.enqueue(partition)  # the same record again: registered, then marked
+    Record.create({"out": "-"}, id="invoice-7").enqueue(partition)  # chosen: marked only
+    notices = [json.loads(m.body) for m in _get_all(f"{partition}.global")]
+    assert notices == [{"op": "twins", "ids": [job.id]}]
+    copies = _get_all(f"{partition}-default")
+    assert [(json.loads(m.body)["id"], _twin_mark(m)) for m in copies] == [
+        (job.id, None), (job.id, 1), ("invoice-7", 1)]
 
 
 # ---------------------------------------------------------------- real nodes
