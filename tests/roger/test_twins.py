@@ -23,7 +23,8 @@ from roger.errors import BrokerError
 from roger.partition.twin_locks import PLACEHOLDER, TwinLocks
 from tests.helpers import alive, wait_for
 
-HEARTBEAT = 1.0  # short leases and grace, so a dead holder's lock lapses soon
+HEARTBEAT = 1.0  # short leases, so a dead holder's lock lapses soon
+CONFIRM_TIMEOUT = 2.0  # with HEARTBEAT, a grace of 4 s: shorter than the first copies run
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def one_slot(make_settings, partition):
     """Settings for a node with one worker and a prefetch of one on `partition`."""
     def make(**fields):
         return make_settings(partitions={partition: {"default": 1}}, prefetch_multiplier=1,
-                             heartbeat=HEARTBEAT, **fields)
+                             heartbeat=HEARTBEAT, confirm_timeout=CONFIRM_TIMEOUT, **fields)
     return make
 
 
@@ -154,7 +155,7 @@ def test_only_copies_are_marked_and_only_records_enqueued_again_are_registered(
 def test_the_same_record_enqueued_again_on_two_nodes_runs_after_its_twin(
         partition, one_slot, nodes, out, tmp_path):
     a, b = nodes(one_slot()), nodes(one_slot())
-    job = FirstSleeps.create({"out": out, "flag": str(tmp_path / "flag"), "sleep": 3})
+    job = FirstSleeps.create({"out": out, "flag": str(tmp_path / "flag"), "sleep": 8})
     job.enqueue(partition)
     first = wait_for(lambda: events(out, "start"), what="the first copy")[0]
     job.enqueue(partition)  # as a producer does after a BrokerError
@@ -195,6 +196,25 @@ def test_a_record_whose_first_enqueue_failed_runs_when_enqueued_again(
     job.enqueue(partition)  # the only copy: it waits out the grace, then runs
     wait_for(lambda: events(out, "end"), timeout=60, what="the copy")
     assert [e["id"] for e in events(out, "end")] == [job.id]
+
+
+def test_a_first_copy_waiting_for_a_worker_takes_the_lock_before_its_copy(
+        partition, one_slot, nodes, out, make_settings):
+    # A grace shorter than `busy`: the copy would not wait for a first copy
+    # that had not claimed the lock.
+    a = nodes(make_settings(partitions={partition: {"default": 1}}, prefetch_multiplier=2,
+                            heartbeat=HEARTBEAT, confirm_timeout=CONFIRM_TIMEOUT))
+    busy = Record.create({"out": out, "sleep": 6}).enqueue(partition)
+    wait_for(lambda: events(out, "start"), what="the job that keeps a busy")
+    job = Record.create({"out": out, "sleep": 5})
+    job.enqueue(partition)  # waits in a's backlog, unmarked, behind `busy`
+    wait_for(lambda: job.id in str(a.status()["running"][partition]["queues"]["default"]
+                                   ["waiting"]), what="the first copy waiting on a")
+    nodes(one_slot())
+    job.enqueue(partition)  # the copy: to the other node, whose worker is free
+    wait_for(lambda: len(events(out, "end")) == 3, timeout=60, what="all three runs")
+    assert_one_after_the_other(runs(out, job.id))
+    assert len(runs(out, job.id)) == 2 and len(runs(out, busy.id)) == 1
 
 
 def test_a_twin_runs_after_the_node_holding_the_lock_is_killed(
