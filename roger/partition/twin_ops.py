@@ -77,14 +77,17 @@ class TwinOps:
 
     def op_twin_release(self, request: dict) -> dict:
         now = time.time()
+        lock = self.state.twins.locks.get(request["job_id"])
+        left_line = lock is not None and lock["holder"] != request["token"]
         grants = self.state.twins.release(request["job_id"], request["token"], now,
                                           self._lease())
-        if grants:
+        if left_line or grants:
             self._save()  # before the answer: the state must say who holds it now
             self._answer(grants)
-        # Else not saved now (the next change saves it): a coordinator that
-        # takes over from an older save finds the lock still held, by a
-        # holder that no longer renews it, and frees it one lease later.
+        # A lock freed with nobody waiting is not saved now (the next change
+        # saves it): a coordinator that takes over from an older save finds
+        # it held by a holder that no longer renews it, and frees it one
+        # lease later. It costs a later twin that wait, never an overlap.
         return {"ok": True}
 
     def op_twin_renew(self, request: dict) -> dict:
