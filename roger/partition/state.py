@@ -153,6 +153,7 @@ class State:
         for j in old:
             del self.cancelled[j]
         self.expire_delayed(now)
+        self.twins.forget(now)
         return bool(old)
 
     # ---- delayed jobs

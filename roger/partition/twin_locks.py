@@ -150,8 +150,6 @@ class TwinLocks:
 
         Returns the grants to answer and the ``(job id, holder)`` expired.
         """
-        for job_id in [j for j, until in self.known.items() if until <= now]:
-            del self.known[job_id]
         grants: list[Grant] = []
         expired = []
         for job_id, lock in list(self.locks.items()):
@@ -159,6 +157,11 @@ class TwinLocks:
                 expired.append((job_id, lock["holder"]))
                 grants += self._pass_on(job_id, lock, now, lease)
         return grants, expired
+
+    def forget(self, now: float) -> None:
+        """Forget the registered ids whose time is up (every save does)."""
+        for job_id in [j for j, until in self.known.items() if until <= now]:
+            del self.known[job_id]
 
     def next_expiry(self) -> float | None:
         """When the next lock runs out (epoch s), None when none is held."""

@@ -104,6 +104,10 @@ def test_a_registered_id_is_held_for_its_first_copy_which_takes_it_over():
     assert locks.acquire("j", "first", 1.0, 3.0, claim=True, wait=None)
     assert [g.token for g in locks.release("j", "first", 2.0, 3.0)] == ["copy"]
     assert TwinLocks.from_dict(locks.to_dict()) == locks
+    locks.forget(99.0)
+    assert locks.known == {"j": 100.0}
+    locks.forget(100.0)  # as long as a cancelled id: then it is a plain id again
+    assert locks.known == {}
 
 
 def test_a_placeholder_nobody_claims_lapses_after_the_grace():
