@@ -128,10 +128,10 @@ def _publish(settings: Settings, partition: str, jobs: list[Record], targets: li
     bodies = encode_jobs(settings, jobs, now)
     producer = broker.get_broker(settings)
     marks, again = twin_marks(jobs)
-    if again:
-        _register_twins(producer, settings, partition, again)
     delayed = due is not None and delay_seconds(due, time.time()) > 0
     _declare(producer, settings, partition, targets, delayed)
+    if again:
+        _register_twins(producer, settings, partition, again)
     # Counted after the declarations (the first ones take a while): the
     # wait starts when RabbitMQ takes the message.
     seconds = 0 if due is None else delay_seconds(due, time.time())

@@ -346,7 +346,10 @@ class Consumer(Service):
         if kind == "cancel":
             self.admission.cancel_running(event["job_id"])
         elif kind == "twins":
-            self.admission.twins_registered(list(event.get("ids", [])))
+            ids = list(event.get("ids", []))
+            self.admission.twins_registered(ids)
+            if self.coordinator.counted(event):  # after the claims: the coordinator waits
+                self.coordinator.seen_twins(ids, self.admission.ident)
         elif kind in ("pause", "resume") and event.get("queue") == self.queue:
             if kind == "pause":
                 self._unsubscribe()

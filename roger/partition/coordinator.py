@@ -261,7 +261,8 @@ class CoordinatorCore(TwinOps):
     def op_state(self, request: dict) -> dict:
         return {"ok": True, "paused": sorted(self.state.paused),
                 "cancelled": list(self.state.cancelled),
-                "cancelled_until": self.state.cancelled, "twins": self.state.twins.known}
+                "cancelled_until": self.state.cancelled, "twins": self.state.twins.known,
+                "twin_seq": self.state.twins.seq}
 
     def op_delayed(self, request: dict) -> dict:
         # A producer delayed jobs: {"due": ms since the epoch, "counts": {queue: n}}.

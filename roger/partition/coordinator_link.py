@@ -31,9 +31,11 @@ from roger.amqp import publish, rpc
 from roger.amqp.topology import (
     WAITING_HEADER,
     declare_global,
+    declare_links,
     declare_waiting,
     events_exchange_name,
     global_queue_name,
+    links_queue_name,
 )
 from roger.partition.state import CANCELLED_TTL
 from roger.record import Record
@@ -83,6 +85,11 @@ class CoordinatorLink:
 
     def start(self) -> None:
         """Subscribe to broadcasts, then fetch the state (so nothing falls in between)."""
+        # On the roll call first, so that the coordinator counts us in every
+        # registration it broadcasts after our state fetch (see twin_ops).
+        declare_links(self.channel, self.partition)
+        self.channel.basic_consume(links_queue_name(self.partition), no_ack=True,
+                                   callback=lambda msg: None)  # nothing is sent there
         q = self.channel.queue_declare("", exclusive=True, auto_delete=True).queue
         self.channel.queue_bind(q, events_exchange_name(self.settings, self.partition))
         self.channel.basic_consume(q, callback=self._on_broadcast, no_ack=True)
@@ -91,6 +98,7 @@ class CoordinatorLink:
         until = state.get("cancelled_until") or {}
         for job_id in state.get("cancelled", []):
             self._remember_cancelled(job_id, until.get(job_id))
+        self.twin_seq = int(state.get("twin_seq", 0))
         for job_id, forget in (state.get("twins") or {}).items():
             self._remember(self.twin_ids, self._twin_expiry, job_id, forget)
         self.replies = rpc.Replies(self.channel, self._on_reply)
@@ -113,6 +121,10 @@ class CoordinatorLink:
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self.cancelled
+
+    def counted(self, event: dict) -> bool:
+        """Whether the coordinator counted us in for this `twins` broadcast (we answer it)."""
+        return int(event.get("seq", 0)) > self.twin_seq
 
     def knows_twin(self, job_id: str) -> bool:
         """Whether `job_id` was enqueued again (registered): its deliveries take the lock."""
@@ -173,6 +185,16 @@ class CoordinatorLink:
     def release_twin(self, job_id: str, token: str) -> None:
         """Give the lock back (or leave the line): confirmed, as a queue key's release."""
         self._notify({"op": "twin_release", "job_id": job_id, "token": token})
+
+    def seen_twins(self, ids: list[str], consumer: str) -> None:
+        """Tell the coordinator `consumer` heard of `ids` (after its claims).
+
+        On the channel the claims went out on, so it arrives after them.
+        """
+        self.channel.basic_publish(
+            amqp.Message(json.dumps({"op": "twin_seen", "ids": ids, "consumer": consumer}),
+                         content_type="application/json"),
+            exchange="", routing_key=self.queue)
 
     def renew_twins(self, pairs: list[tuple[str, str]]) -> None:
         """Tell the coordinator these holders are alive (transient: the next one follows)."""

@@ -16,7 +16,10 @@ have a twin do, which the producer knows (see `roger.producer`):
   `grace` seconds and broadcasts the id; a consumer holding the first copy
   (running or waiting) takes the lock over for it at once, and consumers
   remember registered ids (`known`) so that a later delivery of the first
-  copy takes the lock too.
+  copy takes the lock too. Each consumer process of the partition answers
+  the broadcast (`seen`), after its claim if it has one: once every one
+  counted has answered, no one holds the first copy, and the copy need not
+  wait out the grace (see `roger.partition.twin_ops` for the count).
 
 A lock is held by one delivery of one consumer (its `token`), never by the
 id: two copies share the id. The holder renews it while it holds it (see
@@ -80,27 +83,59 @@ class TwinLocks:
     # job id -> {"holder": token, "until": epoch s, "waiters": [[token, reply_to, corr]]}
     locks: dict[str, dict] = field(default_factory=dict)
     known: dict[str, float] = field(default_factory=dict)  # registered id -> forget after
+    seq: int = 0  # registrations so far: a consumer answers those after its state fetch
 
     def to_dict(self) -> dict:
-        return {"locks": self.locks, "known": self.known}
+        return {"locks": self.locks, "known": self.known, "seq": self.seq}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> TwinLocks:
         data = data or {}
-        return cls({k: {"holder": v["holder"], "until": float(v["until"]),
+        return cls({k: {**v, "until": float(v["until"]),
                         "waiters": [list(w) for w in v.get("waiters", [])]}
                     for k, v in data.get("locks", {}).items()},
-                   {k: float(v) for k, v in data.get("known", {}).items()})
+                   {k: float(v) for k, v in data.get("known", {}).items()},
+                   int(data.get("seq", 0)))
 
-    def register(self, job_id: str, now: float, grace: float, forget: float) -> None:
+    def register(self, job_id: str, now: float, grace: float, lease: float, forget: float,
+                 consumers: int) -> list[Grant]:
         """A copy of `job_id` is about to be published and its first copy went out unmarked.
 
         The placeholder holds a free lock for `grace` s: time for a consumer
-        that holds the first copy to hear the broadcast and claim the lock.
+        that holds the first copy to hear the broadcast and claim the lock;
+        or until the `consumers` counted all said they have `seen` it (none
+        counted: no consumer is up to hold it, so no placeholder).
         """
         self.known[job_id] = max(self.known.get(job_id, 0.0), forget)
-        if job_id not in self.locks:
-            self.locks[job_id] = {"holder": PLACEHOLDER, "until": now + grace, "waiters": []}
+        lock = self.locks.get(job_id)
+        if lock is None:
+            if consumers <= 0:
+                return []
+            lock = self.locks[job_id] = {"holder": PLACEHOLDER, "until": now + grace,
+                                         "waiters": []}
+        if lock["holder"] != PLACEHOLDER:
+            return []
+        if consumers <= 0:
+            return self._pass_on(job_id, lock, now, lease)
+        lock["answers"], lock["answered"] = consumers, []
+        return []
+
+    def seen(self, job_ids: list[str], consumer: str, now: float, lease: float) -> list[Grant]:
+        """`consumer`, counted, heard the broadcast of `job_ids` (and claimed what it holds).
+
+        When every consumer counted has, the placeholder goes: the first
+        copy is nowhere it could run, and the copies waiting go on.
+        """
+        grants: list[Grant] = []
+        for job_id in job_ids:
+            lock = self.locks.get(job_id)
+            if (lock is None or lock["holder"] != PLACEHOLDER or "answers" not in lock
+                    or consumer in lock["answered"]):
+                continue
+            lock["answered"].append(consumer)
+            if len(lock["answered"]) >= lock["answers"]:
+                grants += self._pass_on(job_id, lock, now, lease)
+        return grants
 
     def acquire(self, job_id: str, token: str, now: float, lease: float, *, claim: bool,
                 wait: tuple[str, str] | None) -> bool:
@@ -136,6 +171,8 @@ class TwinLocks:
             return []
         token, reply_to, corr = lock["waiters"].pop(0)
         lock["holder"], lock["until"] = token, now + lease
+        lock.pop("answers", None)
+        lock.pop("answered", None)
         return [Grant(job_id, token, reply_to, corr)]
 
     def renew(self, pairs: list[tuple[str, str]], now: float, lease: float) -> None:

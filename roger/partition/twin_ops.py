@@ -5,6 +5,17 @@ core's state, saves it through the core and answers on its channels.
 
 - ``twins`` (a producer's persistent notice, sent and confirmed before
   it publishes the copies): register ids, broadcast them;
+
+  How many consumers must answer: every consumer process of the partition
+  consumes its roll-call queue (`roger.amqp.topology.declare_links`)
+  before it fetches the state; the count is taken here, before the
+  broadcast. Each registration has a number (`seq`); a consumer answers
+  only the broadcasts numbered above the state it fetched. So every
+  consumer that answers was counted, and every counted one that lives
+  hears the broadcast and answers (after its claim, on the same channel);
+  one that died never answers, and the grace runs out instead;
+- ``twin_seen`` (a consumer's transient notice): it heard the broadcast
+  of registered ids, and claimed what it holds of them;
 - ``twin_acquire`` (a consumer's call): answered at once when the lock
   is free, else when it comes to the caller (the reply is deferred: the
   waiter, with its reply address, is part of the saved state, so a
@@ -24,6 +35,7 @@ from typing import Any
 
 import amqp
 
+from roger.amqp import topology
 from roger.partition.state import CANCELLED_TTL, DUE_SLACK, State
 from roger.partition.twin_locks import Grant, grace, lease
 
@@ -53,10 +65,15 @@ class TwinOps:
         ids = [str(job_id) for job_id in request["ids"]]
         forget = max(now + CANCELLED_TTL, self.state.last_due() + DUE_SLACK)
         hold = grace(self.settings.heartbeat, self.settings.confirm_timeout)
+        consumers = topology.declare_links(self.channels.publish, self.partition)
+        twins = self.state.twins
+        twins.seq += 1
+        grants = []
         for job_id in ids:
-            self.state.twins.register(job_id, now, hold, forget)
+            grants += twins.register(job_id, now, hold, self._lease(), forget, consumers)
         self._save()
-        self._broadcast({"type": "twins", "ids": ids, "until": forget})
+        self._answer(grants)
+        self._broadcast({"type": "twins", "ids": ids, "until": forget, "seq": twins.seq})
         log.info("[%s] jobs %s enqueued again: their running copies take the twin lock",
                  self.partition, ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
         return {"ok": True}
@@ -88,6 +105,14 @@ class TwinOps:
         # saves it): a coordinator that takes over from an older save finds
         # it held by a holder that no longer renews it, and frees it one
         # lease later. It costs a later twin that wait, never an overlap.
+        return {"ok": True}
+
+    def op_twin_seen(self, request: dict) -> dict:
+        grants = self.state.twins.seen([str(j) for j in request["ids"]],
+                                       str(request["consumer"]), time.time(), self._lease())
+        if grants:  # else not saved: a takeover counts nothing and waits out the grace
+            self._save()
+            self._answer(grants)
         return {"ok": True}
 
     def op_twin_renew(self, request: dict) -> dict:

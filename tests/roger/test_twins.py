@@ -98,10 +98,12 @@ def test_a_lock_goes_to_its_waiters_in_order_and_lapses_when_its_holder_stops_re
 
 def test_a_registered_id_is_held_for_its_first_copy_which_takes_it_over():
     locks = TwinLocks()
-    locks.register("j", 0.0, grace=4.0, forget=100.0)
+    assert locks.register("j", 0.0, grace=4.0, lease=3.0, forget=100.0, consumers=2) == []
     assert locks.locks["j"]["holder"] == PLACEHOLDER
     assert not locks.acquire("j", "copy", 1.0, 3.0, claim=False, wait=("r", "1"))
     assert locks.acquire("j", "first", 1.0, 3.0, claim=True, wait=None)
+    assert locks.seen(["j"], "c1", 1.0, 3.0) == []  # answered after its claim: no effect
+    assert locks.locks["j"]["holder"] == "first"
     assert [g.token for g in locks.release("j", "first", 2.0, 3.0)] == ["copy"]
     assert TwinLocks.from_dict(locks.to_dict()) == locks
     locks.forget(99.0)
@@ -110,9 +112,25 @@ def test_a_registered_id_is_held_for_its_first_copy_which_takes_it_over():
     assert locks.known == {}
 
 
+def test_a_placeholder_goes_once_every_consumer_counted_has_answered():
+    locks = TwinLocks()
+    locks.register("j", 0.0, grace=40.0, lease=3.0, forget=100.0, consumers=2)
+    assert not locks.acquire("j", "copy", 1.0, 3.0, claim=False, wait=("r", "1"))
+    assert locks.seen(["j"], "c1", 1.0, 3.0) == []
+    assert locks.seen(["j"], "c1", 1.0, 3.0) == []  # one answer per consumer
+    assert [g.token for g in locks.seen(["j"], "c2", 2.0, 3.0)] == ["copy"]
+
+
+def test_no_placeholder_when_no_consumer_is_up_to_hold_a_first_copy():
+    locks = TwinLocks()
+    locks.register("j", 0.0, grace=40.0, lease=3.0, forget=100.0, consumers=0)
+    assert locks.locks == {} and "j" in locks.known  # its later deliveries still take it
+    assert locks.acquire("j", "copy", 1.0, 3.0, claim=False, wait=("r", "1"))
+
+
 def test_a_placeholder_nobody_claims_lapses_after_the_grace():
     locks = TwinLocks()
-    locks.register("j", 0.0, grace=4.0, forget=100.0)
+    locks.register("j", 0.0, grace=4.0, lease=3.0, forget=100.0, consumers=1)
     assert not locks.acquire("j", "copy", 1.0, 3.0, claim=False, wait=("r", "1"))
     grants, _ = locks.expire(4.0, 3.0)
     assert [g.token for g in grants] == ["copy"]
@@ -219,6 +237,19 @@ def test_a_first_copy_waiting_for_a_worker_takes_the_lock_before_its_copy(
     wait_for(lambda: len(events(out, "end")) == 3, timeout=60, what="all three runs")
     assert_one_after_the_other(runs(out, job.id))
     assert len(runs(out, job.id)) == 2 and len(runs(out, busy.id)) == 1
+
+
+def test_a_record_enqueued_again_after_its_run_does_not_wait_out_the_grace(
+        partition, make_settings, nodes, out):
+    # A grace of over two minutes: the copy runs because every consumer said
+    # it does not hold the first copy, not because the grace ran out.
+    for _ in range(2):
+        nodes(make_settings(partitions={partition: {"default": 1}}, heartbeat=60))
+    job = Record.create({"out": out})
+    job.enqueue(partition)
+    wait_for(lambda: events(out, "end"), what="the first run")
+    job.enqueue(partition)
+    wait_for(lambda: len(events(out, "end")) == 2, timeout=60, what="the second run")
 
 
 def test_a_twin_runs_after_the_node_holding_the_lock_is_killed(
