@@ -78,6 +78,7 @@ class CoordinatorLink:
         self.twin_ids: dict[str, float] = {}  # job id -> forget after (monotonic)
         self._twin_expiry: list[tuple[float, str]] = []
         self.twin_pending: dict[str, Any] = {}  # correlation id -> delivery awaiting its lock
+        self.twin_seq = 0  # registrations the coordinator had made when we fetched the state
 
     def __repr__(self) -> str:
         return (f"<CoordinatorLink {self.partition!r}: paused {sorted(self.paused)}, "
