@@ -13,6 +13,7 @@ import signal
 import uuid
 
 import amqp
+import kombu
 import pytest
 from testjobs import Fail, FirstSleeps, Record, events, read
 
@@ -22,6 +23,7 @@ from roger.amqp import broker
 from roger.errors import BrokerError
 from roger.partition.twin_locks import PLACEHOLDER, TwinLocks
 from tests.helpers import alive, wait_for
+from tests.roger.support import BROKER
 
 HEARTBEAT = 1.0  # short leases, so a dead holder's lock lapses soon
 CONFIRM_TIMEOUT = 2.0  # with HEARTBEAT, a grace of 4 s: shorter than the first copies run
@@ -137,10 +139,8 @@ def test_a_placeholder_nobody_claims_lapses_after_the_grace():
 
 
 def _get_all(queue: str) -> list[amqp.Message]:
-    conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest")  # as BROKER
-    conn.connect()
-    try:
-        ch = conn.channel()
+    with kombu.Connection(BROKER) as conn:
+        ch = conn.default_channel
         got = []
         try:
             while (msg := ch.basic_get(queue, no_ack=True)) is not None:
@@ -148,8 +148,6 @@ def _get_all(queue: str) -> list[amqp.Message]:
         except amqp.exceptions.NotFound:  # never declared: nothing was sent there
             pass
         return got
-    finally:
-        conn.close()
 
 
 def _twin_mark(msg: amqp.Message) -> object:
