@@ -240,6 +240,8 @@ def publish_buried(
             REASON_HEADER: reason,
             ERROR_HEADER: truncate(error_text),
             BURIED_AT_HEADER: int(time.time() * 1000),
+            # A copy that took its twin lock keeps its mark (`retry_buried` too).
+            **({topology.TWIN_HEADER: 1} if job.__dict__.get("_twin") else {}),
         },
         message_id=job.id,
     )

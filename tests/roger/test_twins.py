@@ -278,6 +278,7 @@ def test_every_way_a_marked_copy_leaves_gives_its_lock_back(partition, one_slot,
     Fail.create({"out": out}, id=job_id).enqueue(partition)
     wait_for(lambda: len(events(out, "start")) == 2, what="the run and its retry")
     wait_for(lambda: twin_locks(node, partition=partition) == 0, what="released when buried")
+    assert [_twin_mark(m) for m in _get_all(f"{partition}-default.buried")] == [1]
     # Done.
     Record.create({"out": out}, id=job_id).enqueue(partition)
     wait_for(lambda: events(out, "end"), what="the next copy")
