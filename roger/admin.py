@@ -46,7 +46,10 @@ def retry_buried(partition: str, queue: str, *, settings: Settings | None = None
             return None
         job.retry_count = 0
         job.queued_at = now
-        return Outgoing(main, message.encode(job), message_id=job.id)
+        # A copy that may have a twin keeps its mark (see roger.partition.twin_locks).
+        marked = (msg.properties.get("application_headers") or {}).get(topology.TWIN_HEADER)
+        return Outgoing(main, message.encode(job), {topology.TWIN_HEADER: 1} if marked else None,
+                        message_id=job.id)
 
     return _move(settings or config.get_settings(), partition, queue, source, unbury)
 

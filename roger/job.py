@@ -107,7 +107,11 @@ class Job(Record):
                     f"{cls.__qualname__}.create(job_class, args): {job_class!r} is not a "
                     f"subclass of {cls.__qualname__}"
                 )
-        return _new_record(job_class, args, secrets.token_hex(16) if id is None else check_id(id))
+        job = _new_record(job_class, args, secrets.token_hex(16) if id is None else check_id(id))
+        # What its enqueues cost (see roger.producer.twin_marks): a random id's
+        # first copy is the only one that cannot have a twin.
+        job.__dict__["_twin_id"] = "new" if id is None else "chosen"
+        return job
 
     def enqueue(self, partition: str, queue: str | None = None, *, delay: Any = None,
                 at: Any = None) -> Self:

@@ -1,4 +1,19 @@
-"""Enqueueing: turn job records into confirmed messages on their queues."""
+"""Enqueueing: turn job records into confirmed messages on their queues.
+
+Twins (the same job id queued more than once) never run side by side
+(see `roger.partition.twin_locks`), and plain jobs pay nothing for it: the
+first enqueue of a record with a random id goes out unmarked. Every other
+copy carries the ``x-roger-twin`` header, and its consumer takes the id's
+twin lock at the coordinator before running it:
+
+- a record with a caller-chosen id (``create(args, id=...)``): any
+  producer may publish that id at any time, so every copy is marked;
+- a record enqueued again (after a `BrokerError`, or read back from
+  `roger.info`): its first copy went out unmarked, so the producer first
+  registers the id with the coordinator (one confirmed notice per batch,
+  sent before the copies), which has the consumers that hold the first
+  copy take the lock for it.
+"""
 
 from __future__ import annotations
 
@@ -112,19 +127,22 @@ def _publish(settings: Settings, partition: str, jobs: list[Record], targets: li
              now: float, due: int | None) -> None:
     bodies = encode_jobs(settings, jobs, now)
     producer = broker.get_broker(settings)
+    marks, again = twin_marks(jobs)
     delayed = due is not None and delay_seconds(due, time.time()) > 0
     _declare(producer, settings, partition, targets, delayed)
+    if again:
+        _register_twins(producer, settings, partition, again)
     # Counted after the declarations (the first ones take a while): the
     # wait starts when RabbitMQ takes the message.
     seconds = 0 if due is None else delay_seconds(due, time.time())
     items = []
-    for job, target, body in zip(jobs, targets, bodies, strict=True):
+    for job, target, body, mark in zip(jobs, targets, bodies, marks, strict=True):
         name = topology.queue_name(partition, target)
         if seconds:
             exchange, key = levels.route(settings, seconds, name)
-            items.append(Outgoing(key, body, message_id=job.id, exchange=exchange))
+            items.append(Outgoing(key, body, mark, message_id=job.id, exchange=exchange))
         else:
-            items.append(Outgoing(name, body, message_id=job.id))
+            items.append(Outgoing(name, body, mark, message_id=job.id))
     if seconds:
         assert due is not None
         # The coordinator counts delayed jobs by due time (`info.partitions`)
@@ -158,3 +176,39 @@ def _declare(producer: broker.Broker, settings: Settings, partition: str, target
                               lambda ch: topology.declare_global(ch, settings, partition))
 
 
+
+
+def twin_marks(jobs: list[Record]) -> tuple[list[dict | None], list[str]]:
+    """Each job's headers (the twin mark or None), and the ids to register first.
+
+    A record's first enqueue with a random id is unmarked; from then on
+    (whether that publish succeeded or not) the record is a copy.
+    """
+    marks: list[dict | None] = []
+    again: list[str] = []
+    for job in jobs:
+        fields = job.__dict__
+        kind = fields.get("_twin_id")
+        if kind == "new":
+            fields["_twin_id"] = "sent"
+            marks.append(None)
+            continue
+        marks.append({topology.TWIN_HEADER: 1})
+        if kind != "chosen":  # sent before, or read back: a first copy may be unmarked
+            again.append(job.id)
+    return marks, list(dict.fromkeys(again))
+
+
+def _register_twins(producer: broker.Broker, settings: Settings, partition: str,
+                    ids: list[str]) -> None:
+    """Tell the coordinator these ids are enqueued again, before any copy is published.
+
+    A persistent notice confirmed by RabbitMQ, as a queue key's release:
+    no coordinator needs to be up, and it is in the coordinator's queue
+    before any consumer can ask for a copy's lock.
+    """
+    producer.declare_once(("global", partition),
+                          lambda ch: topology.declare_global(ch, settings, partition))
+    producer.publish(topology.global_queue_name(partition),
+                     json.dumps({"op": "twins", "ids": ids}).encode(),
+                     timeout=settings.confirm_timeout)

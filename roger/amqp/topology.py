@@ -157,6 +157,9 @@ def events_exchange_name(settings: Settings, partition: str) -> str:
 
 
 WAITING_HEADER = "x-roger-queue"  # on a parked job: the queue it returns to
+# On a copy of a job that may have a twin (same id) elsewhere: it takes its
+# twin lock before it runs (see roger.partition.twin_locks).
+TWIN_HEADER = "x-roger-twin"
 
 
 def waiting_queue_name(partition: str, key: str) -> str:
@@ -174,6 +177,25 @@ def declare_global(channel: amqp.Channel, settings: Settings, partition: str) ->
                           arguments=replicated(settings, **{"x-single-active-consumer": True}))
     channel.exchange_declare(events_exchange_name(settings, partition), "fanout",
                              durable=True, auto_delete=False)
+
+
+def links_queue_name(partition: str) -> str:
+    return f"{partition}.links"
+
+
+LINKS_EXPIRE_MS = 3_600_000  # an hour without a consumer: no process of the partition is up
+
+
+def declare_links(channel: amqp.Channel, partition: str) -> int:
+    """The partition's roll-call queue; returns how many consumers it has.
+
+    Every consumer process of the partition consumes it (and nothing is
+    ever published to it), so its consumer count is how many are up
+    (see roger.partition.twin_locks). Transient, and deleted by RabbitMQ
+    once unused for an hour.
+    """
+    return channel.queue_declare(links_queue_name(partition), durable=False, auto_delete=False,
+                                 arguments={"x-expires": LINKS_EXPIRE_MS}).consumer_count
 
 
 def declare_waiting(channel: amqp.Channel, settings: Settings, partition: str, key: str) -> str:

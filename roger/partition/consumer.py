@@ -49,6 +49,7 @@ from roger.partition.admission import Admission, Delivery
 from roger.partition.coordinator_link import CoordinatorLink
 from roger.partition.pool import WorkerPool
 from roger.partition.settlement import Settlement
+from roger.partition.twin_locks import renew_every
 from roger.settings import Settings
 from supervision import SupervisorAPI, SupervisorGone
 
@@ -109,6 +110,7 @@ class Consumer(Service):
         self.idle = False  # set when it gave its queue back (see `_go_idle`)
         self.going_idle = False
         self.last_active = time.monotonic()
+        self.renew_at = 0.0  # when the twin locks held here are next renewed (monotonic)
         # Made by `setup`, once connected.
         self.channel: amqp.Channel
         self.coordinator: CoordinatorLink
@@ -135,7 +137,7 @@ class Consumer(Service):
         settle_channel = self.conn.channel()
         self.coordinator = CoordinatorLink(self.conn, self.settings, self.partition,
                                            self.later(self._on_broadcast),
-                                           self.later(self._on_key))
+                                           self.later(self._on_key), self.later(self._on_twin))
         self.coordinator.start()
         self.settlement = Settlement(self.channel, settle_channel, self.settings,
                                      self.partition, self.queue, self.coordinator, callbacks)
@@ -178,6 +180,7 @@ class Consumer(Service):
         if not self.draining:
             self.admission.dispatch_backlog()
         self.settlement.flush()
+        self._renew_twins()
         if self._busy():
             self.last_active = time.monotonic()
         elif self._idle_for() >= self.settings.idle_after > 0 and not self.draining:
@@ -194,6 +197,8 @@ class Consumer(Service):
             timeout = min(timeout, tally.next_report - now)
         if self.draining:
             timeout = min(timeout, self.drain_deadline - now)
+        if self.admission.locks or self.admission.lock_waits:
+            timeout = min(timeout, self.renew_at - now)
         if self.settings.idle_after > 0:
             timeout = min(timeout, self.settings.idle_after - self._idle_for())
         return timeout
@@ -227,10 +232,18 @@ class Consumer(Service):
             except SupervisorGone:
                 pass  # the partition is going: so are its counts since the last report
 
+    def _renew_twins(self) -> None:
+        """Once per heartbeat while twin locks are held or waited for here (see `lock_tokens`)."""
+        held = self.admission.lock_tokens()
+        now = time.monotonic()
+        if held and now >= self.renew_at:
+            self.coordinator.renew_twins(held)
+            self.renew_at = now + renew_every(self.settings.heartbeat)
+
     def _busy(self) -> bool:
         admission = self.admission
         return bool(admission.inflight or admission.backlog or admission.twins
-                    or self.coordinator.pending)
+                    or admission.lock_waits or self.coordinator.pending)
 
     def _idle_for(self) -> float:
         return time.monotonic() - self.last_active
@@ -318,6 +331,10 @@ class Consumer(Service):
         if not self.closing:
             self.admission.key_answered(delivery, ok, self.draining)
 
+    def _on_twin(self, context: Any, ok: bool) -> None:
+        if not self.closing:
+            self.admission.lock_answered(context, ok, self.draining)
+
     def _on_outcome(self, tag: int, error: dict | None) -> None:
         self.admission.finished(tag, error)
 
@@ -329,6 +346,11 @@ class Consumer(Service):
         if kind == "cancel":
             self.admission.cancel_waiting(event["job_id"])
             self.admission.cancel_running(event["job_id"])
+        elif kind == "twins":
+            ids = list(event.get("ids", []))
+            self.admission.twins_registered(ids)
+            if self.coordinator.counted(event):  # after the claims: the coordinator waits
+                self.coordinator.seen_twins(ids, self.admission.ident)
         elif kind in ("pause", "resume") and event.get("queue") == self.queue:
             if kind == "pause":
                 self._unsubscribe()

@@ -54,6 +54,7 @@ from roger.amqp.service import Service
 from roger.partition.periodic_driver import PeriodicDriver
 from roger.partition.persister import load_persister
 from roger.partition.state import State
+from roger.partition.twin_ops import TwinOps
 from roger.settings import Settings
 from supervision import SupervisorAPI
 
@@ -124,7 +125,7 @@ class Coordinator(Service):
             self.core.on_turn()
 
 
-class CoordinatorCore:
+class CoordinatorCore(TwinOps):
     """Serves ``<partition>.global``: requests in order, one at a time, no locks.
 
     `defer` wraps the AMQP callback so that requests run from the owner's
@@ -144,6 +145,7 @@ class CoordinatorCore:
         self.queue = topology.global_queue_name(partition)
         self.exchange = topology.events_exchange_name(settings, partition)
         self.periodic = PeriodicDriver(self)
+        self.reply_address: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         role = "active" if self.active else "standby" if self.ctag else "unsubscribed"
@@ -171,15 +173,18 @@ class CoordinatorCore:
         # Delayed jobs per queue: only the active one knows (standbys hold no state).
         delayed = self.state.delayed_counts(time.time()) if self.active else {}
         return {"active": self.active, "queue_keys": len(self.state.queue_keys),
+                "twin_locks": len(self.state.twins.locks) if self.active else 0,
                 "paused": sorted(self.state.paused), "delayed": delayed}
 
     def wake_in(self) -> float | None:
-        """Seconds until this core needs a turn (its next periodic slot), or None."""
-        return self.periodic.timeout()
+        """Seconds until this core needs a turn (a periodic slot, a twin lock's end), or None."""
+        waits = [w for w in (self.periodic.timeout(), self.twins_wake_in()) if w is not None]
+        return min(waits, default=None)
 
     def on_turn(self) -> None:
         """The host's loop turn: fire, or tick, when a periodic slot has come."""
         self.periodic.on_turn()
+        self.twins_turn()
 
     # ------------------------------------------------------------------ requests
 
@@ -193,24 +198,26 @@ class CoordinatorCore:
         if not self.active:
             self.state = State.from_dict(self.persister.load(self.partition), time.time())
             self.active = True
+            self.twins_loaded(time.time())
             log.info("[%s] coordinator active on this node (%d queue keys, %d paused)",
                      self.partition, len(self.state.queue_keys), len(self.state.paused))
             self.periodic.catch_up()  # what came due while none was active
+        reply_to = msg.properties.get("reply_to")
+        self.reply_address = (reply_to, msg.properties.get("correlation_id")) if reply_to else None
         try:
             request = json.loads(msg.body)
             op = request["op"]
             handler = getattr(self, f"op_{op}")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.error("[%s] bad coordinator request: %r (%s)", self.partition, msg.body[:200], e)
-            reply: dict = {"ok": False, "error": f"bad request: {e}"}
+            reply: dict | None = {"ok": False, "error": f"bad request: {e}"}
         else:
             try:
                 reply = handler(request)
             except Exception as e:  # a bug must not kill the partition's coordination
                 log.exception("[%s] coordinator request %s failed", self.partition, op)
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        reply_to = msg.properties.get("reply_to")
-        if reply_to:
+        if reply_to and reply is not None:  # None: answered later (a twin lock's waiter)
             self.channels.publish.basic_publish(
                 amqp.Message(json.dumps(reply), content_type="application/json",
                              correlation_id=msg.properties.get("correlation_id")),
@@ -254,7 +261,8 @@ class CoordinatorCore:
     def op_state(self, request: dict) -> dict:
         return {"ok": True, "paused": sorted(self.state.paused),
                 "cancelled": list(self.state.cancelled),
-                "cancelled_until": self.state.cancelled}
+                "cancelled_until": self.state.cancelled, "twins": self.state.twins.known,
+                "twin_seq": self.state.twins.seq}
 
     def op_delayed_counts(self, request: dict) -> dict:
         """The partition's delayed jobs not yet due, per queue (for the metrics' gauges)."""

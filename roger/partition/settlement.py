@@ -213,6 +213,9 @@ def publish_retry(channel: amqp.Channel, settings: Settings, job: Record, error_
     item = Outgoing(
         topology.retry_queue_name(partition, queue, delay),
         message.encode(retried),
+        # A copy that took its twin lock keeps its mark: its twin may run
+        # when it comes back (see roger.partition.twin_locks).
+        headers={topology.TWIN_HEADER: 1} if job.__dict__.get("_twin") else None,
         message_id=job.id,
     )
     _publish(channel, settings, partition, queue, item)
@@ -237,6 +240,8 @@ def publish_buried(
             REASON_HEADER: reason,
             ERROR_HEADER: truncate(error_text),
             BURIED_AT_HEADER: int(time.time() * 1000),
+            # A copy that took its twin lock keeps its mark (`retry_buried` too).
+            **({topology.TWIN_HEADER: 1} if job.__dict__.get("_twin") else {}),
         },
         message_id=job.id,
     )

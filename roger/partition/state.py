@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from roger.partition.twin_locks import TwinLocks
+
 __all__ = ["CANCELLED_TTL", "State"]
 
 CANCELLED_TTL = 24 * 3600.0  # seconds a cancelled id is remembered (at least)
@@ -39,6 +41,7 @@ class State:
     # periodic entry name -> {"covered": epoch s, "last": epoch s or None}
     # (see roger.partition.periodic)
     periodic: dict[str, dict] = field(default_factory=dict)
+    twins: TwinLocks = field(default_factory=TwinLocks)  # see roger.partition.twin_locks
 
     def to_dict(self) -> dict:
         return {"queue_keys": self.queue_keys, "exec_holders": self.exec_holders,
@@ -46,7 +49,7 @@ class State:
                 "paused": sorted(self.paused), "claimed_at": self.claimed_at,
                 "delayed": {q: {str(end): n for end, n in buckets.items()}
                             for q, buckets in self.delayed.items()},
-                "periodic": self.periodic}
+                "periodic": self.periodic, "twins": self.twins.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict | None, now: float) -> State:
@@ -64,7 +67,8 @@ class State:
                    dict(data.get("exec_waiting", {})), dict(data.get("cancelled", {})),
                    set(data.get("paused", [])),
                    {key: float(claimed_at.get(key, now)) for key in queue_keys}, delayed,
-                   {name: dict(record) for name, record in data.get("periodic", {}).items()})
+                   {name: dict(record) for name, record in data.get("periodic", {}).items()},
+                   TwinLocks.from_dict(data.get("twins")))
 
     # ---- queue keys
 
@@ -149,6 +153,7 @@ class State:
         for j in old:
             del self.cancelled[j]
         self.expire_delayed(now)
+        self.twins.forget(now)
         return bool(old)
 
     # ---- delayed jobs

@@ -63,7 +63,8 @@ def queue_depth(name: str) -> int:
 def delete_partition(name: str) -> None:
     """Every queue and exchange a test partition may have made."""
     delete_queues(queue_names(name, ["default", "other", "q1", "q2"], [1, 2, 3])
-                  + [f"{name}.global"] + [f"{name}-execution-waiting-{k}" for k in "abc"],
+                  + [f"{name}.global", f"{name}.links"]
+                  + [f"{name}-execution-waiting-{k}" for k in "abc"],
                   [f"roger.{name}.events"])
 
 

@@ -205,3 +205,15 @@ class Gated(Record):
             time.sleep(0.01)
         record(args["out"], event="end", id=self.id, pid=os.getpid(), t=time.time(),
                retry_count=self.retry_count, redelivered=self.redelivered)
+
+
+class FirstSleeps(Job):
+    """Records its start and end; the first run (no `flag` file yet) sleeps `sleep` s."""
+
+    def perform(self, args):
+        record(args["out"], event="start", id=self.id, pid=os.getpid(), t=time.time())
+        if not os.path.exists(args["flag"]):
+            with open(args["flag"], "w"):
+                pass
+            time.sleep(args.get("sleep", 60))
+        record(args["out"], event="end", id=self.id, pid=os.getpid(), t=time.time())
