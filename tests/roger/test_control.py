@@ -128,7 +128,7 @@ def test_partition_commands(node, partition):
             status = c.request("reconfigure_partition", partition=other, queues={})
             assert status["running"][other]["queues"] == {}
             assert set(status["running"][other]["coordinator"]) == {
-                "active", "queue_keys", "paused", "delayed"}
+                "active", "queue_keys", "paused", "delayed", "twin_locks"}
 
             status = c.request("stop_partition", partition=other)
             assert other not in status["running"] and partition in status["running"]
