@@ -20,7 +20,7 @@ import kombu
 from amqp import exceptions as amqp_errors
 
 from roger.amqp import delay
-from roger.amqp.connection import CONNECTION_ERRORS, connect, translate_errors
+from roger.amqp.connection import CONNECTION_ERRORS, QueueNotFound, connect, translate_errors
 from roger.amqp.frames import buffer_reads, drain_pending
 from roger.amqp.publish import ConfirmTimeout, Nacked, Outgoing, Unroutable, publish_confirmed
 from roger.amqp.topology import declare_queues
@@ -106,8 +106,16 @@ class Broker:
         """Declare the delay levels and bind main queue `queue` to them, once per process."""
         prefix = settings.system_exchange_prefix
         self.declare_once(("delay", prefix), lambda ch: delay.declare_levels(ch, settings))
-        self.declare_once(("delay", prefix, queue),
-                          lambda ch: delay.declare_destination(ch, settings, queue))
+        try:
+            self.declare_once(("delay", prefix, queue),
+                              lambda ch: delay.declare_destination(ch, settings, queue))
+        except QueueNotFound:
+            # The levels were deleted since this process declared them (an
+            # operator's clean-up): declare them again, once.
+            self._declared.discard(("delay", prefix))
+            self.declare_once(("delay", prefix), lambda ch: delay.declare_levels(ch, settings))
+            self.declare_once(("delay", prefix, queue),
+                              lambda ch: delay.declare_destination(ch, settings, queue))
 
     def declare_once(self, key: tuple[Any, ...], operation: Callable[[amqp.Channel], Any]
                      ) -> None:
