@@ -46,6 +46,22 @@ def node(make_settings, partition):
 
 
 @pytest.fixture
+def nodes():
+    """Start nodes, each in its own process tree (`start(settings)`); all stop afterwards."""
+    started: list[Node] = []
+
+    def start(settings) -> Node:
+        node = Node(settings).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.pid is not None:
+            node.stop(timeout=15)
+
+
+@pytest.fixture
 def out(tmp_path: Path) -> str:
     return str(tmp_path / "events.jsonl")
 

@@ -16,21 +16,6 @@ from tests.helpers import alive, wait_for
 from tests.roger.support import queue_depth
 
 
-@pytest.fixture
-def nodes():
-    started: list[Node] = []
-
-    def start(settings) -> Node:
-        node = Node(settings).start()
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        if node.pid is not None:
-            node.stop(timeout=15)
-
-
 def kill_node(node: Node) -> None:
     os.kill(node.pid, signal.SIGKILL)
     node._handle.join(10)

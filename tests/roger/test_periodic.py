@@ -27,21 +27,6 @@ from tests.roger.support import child_env, queue_depth
 STEP = 2  # seconds between slots of the scaled-down entries
 
 
-@pytest.fixture
-def nodes():
-    started: list[Node] = []
-
-    def start(settings) -> Node:
-        node = Node(settings).start()
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        if node.pid is not None:
-            node.stop(timeout=15)
-
-
 def entry(partition: str, out: str, cron: str = f"*/{STEP} * * * * *", **more) -> dict:
     return {"name": "tick", "cron": cron, "job": "testjobs:Record", "args": {"out": out},
             "partition": partition, **more}

@@ -31,21 +31,6 @@ CONFIRM_TIMEOUT = 2.0  # with HEARTBEAT, a grace of 4 s: shorter than the first 
 
 
 @pytest.fixture
-def nodes():
-    started: list[Node] = []
-
-    def start(settings) -> Node:
-        node = Node(settings).start()
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        if node.pid is not None:
-            node.stop(timeout=15)
-
-
-@pytest.fixture
 def one_slot(make_settings, partition):
     """Settings for a node with one worker and a prefetch of one on `partition`."""
     def make(**fields):
