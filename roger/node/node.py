@@ -2,8 +2,9 @@
 
 `Node` builds the root supervisor (`roger.node.root`) with the node's own
 processes as its first children (the control server, the system process,
-and the status page's server when `http_port` is set), and runs it in this
-process (`run`) or in a child (`start`).
+the metrics server when `metrics_port` is set and the status page's server
+when `http_port` is), and runs it in this process (`run`) or in a child
+(`start`).
 """
 
 from __future__ import annotations
