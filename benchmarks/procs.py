@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -119,17 +119,10 @@ def tcp_client_ports(pids: Sequence[int], remote_port: int) -> set[int]:
     are one process tree's, on a broker that others use too.
     """
     by_inode: dict[str, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-            if state == "01" and int(remote.rsplit(":", 1)[1], 16) == remote_port:
-                by_inode[inode] = int(local.rsplit(":", 1)[1], 16)
+    for fields in _tcp_sockets():
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if state == "01" and _port(remote) == remote_port:
+            by_inode[inode] = _port(local)
     ports = set()
     for pid in pids:
         try:
@@ -144,6 +137,23 @@ def tcp_client_ports(pids: Sequence[int], remote_port: int) -> set[int]:
             if target.startswith("socket:[") and target[8:-1] in by_inode:
                 ports.add(by_inode[target[8:-1]])
     return ports
+
+
+def _tcp_sockets() -> Iterator[list[str]]:
+    """The machine's TCP sockets, a row of /proc/net/tcp{,6} each, split into fields."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            yield row.split()
+
+
+def _port(address: str) -> int:
+    """The port of a /proc/net/tcp address (``HEXADDR:HEXPORT``)."""
+    return int(address.rsplit(":", 1)[1], 16)
 
 
 def broker_pids(url: str = BROKER_URL) -> list[int]:
@@ -168,17 +178,8 @@ def broker_pids(url: str = BROKER_URL) -> list[int]:
 
 def _listens_on(pid: int, port: int) -> bool:
     """Whether process `pid` holds a TCP socket listening on `port` (from /proc)."""
-    listening = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                listening.add(f"socket:[{fields[9]}]")
+    listening = {f"socket:[{fields[9]}]" for fields in _tcp_sockets()
+                 if fields[3] == "0A" and _port(fields[1]) == port}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:

@@ -95,13 +95,7 @@ class ClusterInjector(Injector):
         if not counts:
             raise Skip("no node answered list_connections")
         i, held = counts.most_common(1)[0]
-        down = self._down_for()
-        self._strike()
-        self.cluster.stop_app(i)
-        try:
-            time.sleep(down)
-        finally:
-            self.cluster.start_app(i)
+        down = self._stopped_for(i)
         return self._name(i), (f"held {held} of {sum(counts.values())} connections; "
                                f"stop_app, down {down:.0f} s")
 
@@ -122,6 +116,11 @@ class ClusterInjector(Injector):
                 raise Skip("could not publish the backlog")
         backlog = self._depth(name)
         i = self.cluster.index(leader)
+        down = self._stopped_for(i)
+        return self._name(i), f"leader of {name} ({backlog} queued); stop_app, down {down:.0f} s"
+
+    def _stopped_for(self, i: int) -> float:
+        """Strike: stop broker node `i`'s app for a random spell, then start it; the spell."""
         down = self._down_for()
         self._strike()
         self.cluster.stop_app(i)
@@ -129,7 +128,7 @@ class ClusterInjector(Injector):
             time.sleep(down)
         finally:
             self.cluster.start_app(i)
-        return self._name(i), f"leader of {name} ({backlog} queued); stop_app, down {down:.0f} s"
+        return down
 
     def _depth(self, queue: str) -> int | str:
         """Messages ready in `queue` now (a passive declare: milliseconds, not a CLI call)."""

@@ -102,14 +102,19 @@ class Admission:
         elif self._needs_lock(delivery):
             self._lock(delivery, claim=not self._marked(delivery))
         else:
-            self._pass(delivery)
+            self._onward(delivery)
 
     def _pass(self, delivery: Delivery) -> None:
-        """On from the twin lock: cancelled, its execution key, or a worker."""
-        job = delivery.job
-        if self.coordinator.is_cancelled(job.id):
+        """On from the twin lock: cancelled meanwhile, or onward."""
+        if self.coordinator.is_cancelled(delivery.job.id):
             self._cancelled(delivery)
-        elif job.execution_key is not None and job.id not in self.acquired:
+        else:
+            self._onward(delivery)
+
+    def _onward(self, delivery: Delivery) -> None:
+        """A delivery known not cancelled: to its execution key, or to a worker."""
+        job = delivery.job
+        if job.execution_key is not None and job.id not in self.acquired:
             self.coordinator.acquire(job, delivery)
         else:
             self._admit(delivery)
