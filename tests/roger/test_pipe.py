@@ -36,18 +36,18 @@ def test_frames_cross_a_fork_both_ways():
 
 def test_read_returns_every_whole_frame_and_keeps_a_partial_one():
     a, b = pipe.pair()
-    a.sock.sendall(LENGTH.pack(1) + b"x" + LENGTH.pack(2) + b"yz" + LENGTH.pack(5) + b"ab")
+    a.write(LENGTH.pack(1) + b"x" + LENGTH.pack(2) + b"yz" + LENGTH.pack(5) + b"ab")
     assert b.read() == [b"x", b"yz"]
     assert not b.poll()
-    a.sock.sendall(b"cde")
+    a.write(b"cde")
     assert b.poll()
     assert b.read() == [b"abcde"]
 
 
 def test_recv_waits_for_the_rest_of_a_split_frame():
     a, b = pipe.pair()
-    a.sock.sendall(LENGTH.pack(6) + b"abc")
-    later = threading.Timer(0.05, a.sock.sendall, args=(b"def",))
+    a.write(LENGTH.pack(6) + b"abc")
+    later = threading.Timer(0.05, a.write, args=(b"def",))
     later.start()
     assert b.recv() == b"abcdef"
     later.join()
