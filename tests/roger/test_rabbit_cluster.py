@@ -2,7 +2,7 @@
 
 One cluster (`benchmarks.cluster.RabbitCluster`: own node names, ports, data
 directories and Erlang cookie; the shared broker on 5672 is never touched) is
-booted once for the whole session and torn down after it. Every test leaves
+booted once for this module and torn down after its last test. Every test leaves
 all three nodes running. Run these alone with ``pytest -m cluster``; leave them
 out with ``-m "not cluster"``.
 """
@@ -27,9 +27,14 @@ from tests.helpers import alive, wait_for
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rabbit_cluster():
-    """Three RabbitMQ nodes joined in one cluster, for the whole session."""
+    """Three RabbitMQ nodes joined in one cluster, for this module's tests.
+
+    Stopped after them, not at the session's end: three idle Erlang VMs and
+    their disk writes would otherwise share the machine with every test that
+    follows.
+    """
     nodes = RabbitCluster(3)
     try:
         yield nodes.start()
