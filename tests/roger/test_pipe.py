@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from roger.partition import pipe
 from roger.partition.pipe import LENGTH
+from tests.helpers import wait_for
 
 
 def test_frames_cross_a_fork_both_ways():
@@ -66,3 +69,37 @@ def test_eof_and_a_closed_end():
         b.read()
     with pytest.raises(OSError):
         b.send(b"to nobody")
+
+
+def _sleeping_switches(pid: int) -> int:
+    """The voluntary context switches of `pid`, once it sleeps (blocked in a read)."""
+    stat, status = Path(f"/proc/{pid}/stat"), Path(f"/proc/{pid}/status")
+    wait_for(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "S",
+             what="the child blocked in its read")
+    for line in status.read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc")
+
+
+def test_reading_an_answer_does_not_wake_its_sender_waiting_for_the_next_frame():
+    # A worker answers, then blocks for its next job; the consumer reading the
+    # answer must not wake it (on a Unix socket pair it did, once per job).
+    parent, child = pipe.pair()
+    pid = os.fork()
+    if pid == 0:
+        parent.close()
+        child.send(b"outcome")
+        child.recv()  # the next job
+        os._exit(0)
+    child.close()
+    try:
+        wait_for(parent.poll, what="the answer")
+        before = _sleeping_switches(pid)
+        assert parent.read() == [b"outcome"]
+        time.sleep(0.2)  # room for a wake-up, if one came
+        assert _sleeping_switches(pid) == before
+        parent.send(b"job")
+    finally:
+        parent.close()
+        assert os.waitpid(pid, 0)[1] == 0
