@@ -59,7 +59,7 @@ def test_pause_pressed_on_the_page_stops_the_node_consuming(web_settings, partit
         wait_for(lambda: events(out, "start"), what="the job to start")
 
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{settings.http_port}/")
+        page.goto(f"http://127.0.0.1:{settings.http_port}/?refresh=1")
         job_row = f'tr[data-job="{running.id}"]'
         page.wait_for(has(job_row), what="the running job on the page")
         assert page.evaluate(f"{q(job_row + ' td[data-started]')}.textContent").endswith("s")
@@ -91,7 +91,7 @@ def test_a_wrong_token_typed_in_the_page_changes_nothing(web_settings, partition
     row = f'tr[data-queue="{partition}/default"]'
     with Node(settings):
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{settings.http_port}/")
+        page.goto(f"http://127.0.0.1:{settings.http_port}/?refresh=1")
         page.type("#token", "not-the-token")
         page.click(f'{row} button[data-action="pause"]')
         message = page.wait_for(f"{q('#message.error')}?.textContent",
@@ -108,6 +108,7 @@ def test_the_page_of_a_node_without_a_token_has_no_buttons(web_settings, partiti
         page.wait_for(has(f'tr[data-queue="{partition}/default"]'), what="the queue row")
         assert page.evaluate(f"!{q('#readonly')}.hidden")
         assert page.evaluate("document.querySelectorAll('button').length") == 0
+        assert page.evaluate(f"{q('#interval')}.textContent") == "10"  # the default refresh
 
 
 def test_screenshot_of_a_busy_cluster(web_settings, out, browser, tmp_path):
@@ -116,11 +117,12 @@ def test_screenshot_of_a_busy_cluster(web_settings, out, browser, tmp_path):
     settings = web_settings(
         partitions={billing: {"default": 4, "invoices": 2}, emails: {"default": 3},
                     reports: {"default": 1}},
-        http_token=TOKEN, node_name=f"web-1-{suffix}")
+        http_token=TOKEN, node_name=f"web-1-{suffix}", shutdown_timeout=1.0)
     # A second node, without a page of its own, serves two of the partitions too.
     other = web_settings(partitions={billing: {"default": 2}, emails: {"default": 1}},
                          system_exchange_prefix=settings.system_exchange_prefix,
-                         http_port=None, node_name=f"web-2-{suffix}")
+                         http_port=None, node_name=f"web-2-{suffix}", shutdown_timeout=1.0)
+    # (A short shutdown_timeout: the minute-long jobs are killed at the end, not waited for.)
     try:
         with Node(settings), Node(other):
             for _ in range(3):
@@ -135,8 +137,9 @@ def test_screenshot_of_a_busy_cluster(web_settings, out, browser, tmp_path):
             for _ in range(4):
                 Record.create({"out": out}).enqueue(emails)
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{settings.http_port}/")
+            page.goto(f"http://127.0.0.1:{settings.http_port}/?refresh=1")
             page.type("#token", TOKEN)
+            assert page.evaluate(f"{q('#interval')}.textContent") == "1"  # as ?refresh asked
             # Two refreshes at least, so the rates cover some seconds.
             page.wait_for(f"{q('[data-card=dones] .value')}.textContent !== '–'",
                           timeout=60, what="the rates")

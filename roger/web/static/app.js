@@ -3,7 +3,9 @@
 // and errors come from users), never as HTML.
 "use strict";
 
-const REFRESH_SECONDS = 10;
+// Every 10 s unless the address asks otherwise: /?refresh=2 (1-300 s), say
+// for a wall screen.
+const REFRESH_SECONDS = refreshSeconds(new URLSearchParams(location.search).get("refresh"));
 const MAX_ROWS = 200; // running jobs listed
 const TOKEN_KEY = "roger-token";
 let state = null;
@@ -58,6 +60,11 @@ function say(text, kind) {
 }
 
 // ------------------------------------------------------------------ polling
+
+function refreshSeconds(asked) {
+  const seconds = Number(asked);
+  return asked && Number.isFinite(seconds) && seconds >= 1 && seconds <= 300 ? seconds : 10;
+}
 
 async function refresh() {
   clearTimeout(timer);
