@@ -77,8 +77,10 @@ class FramePipe:
         return frames
 
     def poll(self) -> bool:
-        """Whether `read` would not block."""
-        return bool(select.select([self.rfd], [], [], 0)[0])
+        """Whether `read` would not block (`poll`, not `select`: fds may exceed 1023)."""
+        poller = select.poll()
+        poller.register(self.rfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         if not self.closed:

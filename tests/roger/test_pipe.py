@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 from pathlib import Path
@@ -103,3 +104,24 @@ def test_reading_an_answer_does_not_wake_its_sender_waiting_for_the_next_frame()
     finally:
         parent.close()
         assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_poll_works_for_descriptors_above_1023():
+    # A consumer with hundreds of workers holds two pipe ends per worker.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"this process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    spare = [os.dup(0) for _ in range(1030)]
+    try:
+        a, b = pipe.pair()
+        assert b.fileno() > 1023
+        assert not b.poll()
+        a.send(b"x")
+        assert b.poll() and b.read() == [b"x"]
+        a.close()
+        b.close()
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
