@@ -28,7 +28,7 @@ def child_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=pythonpath, ROGER_BROKER_URL=BROKER) | extra
 
 
-def queue_names(partition: str, queues: list[str], levels: list[int]) -> list[str]:
+def queue_names(partition: str, queues: list[str], levels: list[float]) -> list[str]:
     names = []
     for q in queues:
         base = f"{partition}-{q}"
@@ -62,7 +62,7 @@ def queue_depth(name: str) -> int:
 
 def delete_partition(name: str) -> None:
     """Every queue and exchange a test partition may have made."""
-    delete_queues(queue_names(name, ["default", "other", "q1", "q2"], [1, 2, 3])
+    delete_queues(queue_names(name, ["default", "other", "q1", "q2"], [0.5, 1, 2, 3])
                   + [f"{name}.global", f"{name}.links"]
                   + [f"{name}-execution-waiting-{k}" for k in "abc"],
                   [f"roger.{name}.events"])

@@ -143,6 +143,8 @@ def test_the_embedding_example_runs(tmp_path):
         done = subprocess.run([sys.executable, str(ROOT / "examples" / "embedded.py")],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     finally:
-        delete_queues(queue_names("embedded_example", ["default"], DEFAULT_RETRY_LEVELS))
+        delete_queues(queue_names("embedded_example", ["default"], DEFAULT_RETRY_LEVELS)
+                      + ["embedded_example.global", "embedded_example.links"],
+                      ["roger.embedded_example.events"])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all 5 jobs done" in done.stdout
