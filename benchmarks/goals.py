@@ -78,26 +78,25 @@ def _compare(target: float, num: str, den: str, metric: str | Callable, data: st
     return judge
 
 
-def busy(*systems: str) -> Callable[[Section], Judged | None]:
+def each(metric: str, fmt: str, unit: str, met: Callable[[float], bool], *systems: str
+         ) -> Callable[[Section], Judged | None]:
+    """`metric` of each of `systems` (not a ratio); met when every median passes `met`."""
     def judge(section: Section) -> Judged | None:
-        found = [(s, Summary.of(section.samples.get(s, "busy"))) for s in systems]
+        found = [(s, Summary.of(section.samples.get(s, metric))) for s in systems]
         found = [(s, x) for s, x in found if x is not None]
         if not found:
             return None
-        text = "; ".join(f"{s}: {cell(x, '{:.0f}')} %" for s, x in found)
-        return text, all(x.median >= 95 for _, x in found)
+        text = "; ".join(f"{s}: {cell(x, fmt)} {unit}" for s, x in found)
+        return text, all(met(x.median) for _, x in found)
     return judge
+
+
+def busy(*systems: str) -> Callable[[Section], Judged | None]:
+    return each("busy", "{:.0f}", "%", lambda x: x >= 95, *systems)
 
 
 def p99_at_most(ms: float, *systems: str) -> Callable[[Section], Judged | None]:
-    def judge(section: Section) -> Judged | None:
-        found = [(s, Summary.of(section.samples.get(s, "p99"))) for s in systems]
-        found = [(s, x) for s, x in found if x is not None]
-        if not found:
-            return None
-        text = "; ".join(f"{s}: {cell(x, '{:.2f}')} ms" for s, x in found)
-        return text, all(x.median <= ms for _, x in found)
-    return judge
+    return each("p99", "{:.2f}", "ms", lambda x: x <= ms, *systems)
 
 
 def goals() -> list[Goal]:

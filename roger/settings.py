@@ -218,8 +218,8 @@ class Settings(BaseSettings):
         None, gt=0, description="Recycle a worker after this many jobs; None: never."
     )
     min_workers: int = Field(0, ge=0, description="Workers kept alive while a queue is idle.")
-    # 4 by measurement (benchmarks/mixed.py, issue 13): no-op throughput x1.5-1.8
-    # on quorum and classic queues against 1, and short jobs mixed with long ones
+    # 4 by measurement (benchmarks/mixed.py, issue 13): no-op throughput x2.2 on
+    # quorum and x1.3 on classic queues against 1, and short jobs mixed with long ones
     # wait no longer than at 1 (the extra deliveries wait in the consumer, not in
     # a worker, and go to whichever worker frees first). docs/operating.md says
     # when to set 1.

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import kombu
 
@@ -122,13 +124,17 @@ class ClusterInjector(Injector):
     def _stopped_for(self, i: int) -> float:
         """Strike: stop broker node `i`'s app for a random spell, then start it; the spell."""
         down = self._down_for()
-        self._strike()
-        self.cluster.stop_app(i)
-        try:
-            time.sleep(down)
-        finally:
-            self.cluster.start_app(i)
+        self._spell(down, lambda: self.cluster.stop_app(i), lambda: self.cluster.start_app(i))
         return down
+
+    def _spell(self, seconds: float, begin: Callable[[], Any], end: Callable[[], Any]) -> None:
+        """Strike: `begin`, `seconds` later `end` (whatever happened meanwhile)."""
+        self._strike()
+        begin()
+        try:
+            time.sleep(seconds)
+        finally:
+            end()
 
     def _depth(self, queue: str) -> int | str:
         """Messages ready in `queue` now (a passive declare: milliseconds, not a CLI call)."""
@@ -141,12 +147,7 @@ class ClusterInjector(Injector):
     def _broker_freeze(self) -> tuple[str, str]:
         i = self.rng.randrange(len(self.cluster.nodes))
         stop_for = 3 * self.cfg.heartbeat + 1.0
-        self._strike()
-        self.cluster.freeze(i)
-        try:
-            time.sleep(stop_for)
-        finally:
-            self.cluster.thaw(i)
+        self._spell(stop_for, lambda: self.cluster.freeze(i), lambda: self.cluster.thaw(i))
         return self._name(i), f"SIGSTOP {stop_for:g} s, SIGCONT"
 
     def _rolling_restart(self) -> tuple[str, str]:

@@ -27,7 +27,7 @@ import kombu.utils.amq_manager  # noqa: F401
 from amqp import exceptions as amqp_errors
 
 from roger.errors import BrokerError
-from roger.settings import Settings, broker_urls, redact_url
+from roger.settings import Settings, redact_url
 
 __all__ = ["CONNECTION_ERRORS", "QueueNotFound", "connect", "rotated_urls", "translate_errors",
            "warm_up"]
@@ -57,7 +57,7 @@ def rotated_urls(settings: Settings) -> list[str]:
     over the cluster's nodes and one broker node's death touches only some
     of them. The rest of the list, in order, is the failover.
     """
-    urls = broker_urls(settings.broker_url)
+    urls = settings.broker_urls
     if len(urls) < 2:
         return urls
     start = (os.getpid() + next(_turns)) % len(urls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -16,6 +17,19 @@ BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 TESTJOBS_DIR = Path(__file__).resolve().parent
 """Where `testjobs` is: settings name it in ``imports``, so nodes must find it."""
+
+
+def enqueue_eventually(job: Any, partition: str, timeout: float = 60.0,
+                       pause: float = 0.5) -> Any:
+    """What a producer does while the broker recovers or fails over: retry on BrokerError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return job.enqueue(partition)
+        except roger.BrokerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -12,18 +12,7 @@ from testjobs import Record, RetryableWaitForKill, ends, read
 import roger
 from roger import Node
 from tests.helpers import rabbitmqctl, wait_for
-
-
-def enqueue_eventually(job, partition, timeout=60.0):
-    """What a producer does while the broker recovers: retry on BrokerError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return job.enqueue(partition)
-        except roger.BrokerError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)  # the broker is restarting; try again shortly
+from tests.roger.support import enqueue_eventually
 
 
 @pytest.fixture

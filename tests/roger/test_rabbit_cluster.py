@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 from testjobs import Keyed, Record, ends, events
@@ -23,8 +24,12 @@ from benchmarks.cluster import RabbitCluster
 from roger import Node
 from roger.amqp.connection import connect, rotated_urls
 from tests.helpers import alive, wait_for
+from tests.roger.support import enqueue_eventually
 
 pytestmark = pytest.mark.cluster
+
+# Retried on BrokerError every 0.2 s: a node just died, the next connect fails over.
+enqueue = partial(enqueue_eventually, pause=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +80,6 @@ def on_cluster(cluster, make_settings):
     return make
 
 
-def enqueue_eventually(job, partition, timeout=60.0):
-    """What a producer does while the cluster fails over: retry on BrokerError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return job.enqueue(partition)
-        except roger.BrokerError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)  # a node just died; the next connect fails over
-
-
 def running(node: Node, partition: str) -> bool:
     return partition in node.status()["running"]
 
@@ -108,12 +101,12 @@ def test_connections_spread_over_the_nodes_and_fail_over(cluster, on_cluster):
 
 def test_a_broker_node_killed_under_load_loses_no_job(cluster, on_cluster, partition, out):
     with Node(on_cluster(partitions={partition: {"default": 2}})) as node:
-        sent = [enqueue_eventually(Record.create({"out": out, "sleep": 0.02}), partition)
+        sent = [enqueue(Record.create({"out": out, "sleep": 0.02}), partition)
                 for _ in range(40)]
         wait_for(lambda: len(ends(out)) >= 5, timeout=60, what="jobs running")
         busiest = cluster.connections().most_common(1)[0][0]
         cluster.kill(busiest)
-        sent += [enqueue_eventually(Record.create({"out": out, "sleep": 0.02}), partition)
+        sent += [enqueue(Record.create({"out": out, "sleep": 0.02}), partition)
                  for _ in range(40)]
         wait_for(lambda: {e["id"] for e in ends(out)} >= {j.id for j in sent}, timeout=90,
                  what="every job done after the node died")
@@ -151,7 +144,7 @@ def test_a_consumer_gives_up_a_frozen_broker_node_and_comes_back(cluster, on_clu
             # Erlang cluster, and until then RabbitMQ blocks declarations
             # cluster-wide, so no new consumer could start anywhere.
             cluster.thaw(frozen)
-        jobs = [enqueue_eventually(Record.create({"out": out}), partition) for _ in range(5)]
+        jobs = [enqueue(Record.create({"out": out}), partition) for _ in range(5)]
         wait_for(lambda: {e["id"] for e in ends(out)} >= {j.id for j in jobs}, timeout=60,
                  what="jobs done after the node thawed")
 
